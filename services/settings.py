@@ -1,0 +1,182 @@
+"""All configuration of oprover-serve: one settings class, one sub-model per service.
+
+Every value comes from an environment variable `OPROVER_<SERVICE>_<FIELD>` (or a `.env` file), so the
+names of DESIGN §3 hold: `OPROVER_REDIS_URL` is `redis.url`, `OPROVER_LEAN_TIMEOUT_S` is `lean.timeout_s`.
+The nesting is split once on `_` (`env_nested_max_split=1`), which is why every field lives in a
+sub-model: a top-level field would be read as a service name.
+
+Settings are built once at process start and passed down; nothing reads the environment at import time.
+"""
+
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+from typing import Annotated
+
+from pydantic import BaseModel, Field, HttpUrl, ValidationError, field_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+logger = logging.getLogger(__name__)
+
+DEFAULT_LEAN_HEADER = (
+    "import Mathlib\nimport Aesop\n\nset_option maxHeartbeats 400000\n\nopen BigOperators Real Nat Topology Rat"
+)
+
+
+class RedisSettings(BaseModel):
+    url: str = Field("redis://127.0.0.1:6379/0", description="Redis for queues, job records and events.")
+
+    @field_validator("url")
+    @classmethod
+    def _redis_scheme(cls, value: str) -> str:
+        if not value.startswith(("redis://", "rediss://", "unix://")):
+            raise ValueError("must start with redis://, rediss:// or unix://")
+        return value
+
+
+class GeneratorSettings(BaseModel):
+    url: HttpUrl | None = Field(
+        None, description="OpenAI-compatible base URL including /v1, e.g. http://sglang:30000/v1."
+    )
+    model: str | None = Field(None, description="Model name to request; default: the first the server lists.")
+    api_key: str | None = Field(None, description="Bearer token for the generator, if it wants one.")
+    request_timeout_s: float = Field(1800.0, gt=0, description="Limit of one completion (long proofs are slow).")
+    connect_timeout_s: float = Field(10.0, gt=0, description="Limit of opening a connection.")
+    max_retries: int = Field(4, ge=0, description="Retries of one request on transient failures.")
+    retry_budget_s: float = Field(300.0, gt=0, description="Total time one request may spend retrying.")
+    backoff_base_s: float = Field(1.0, ge=0, description="First backoff; doubles per retry (0 in tests).")
+    concurrency: int = Field(64, ge=1, description="Generations in flight per generate worker process.")
+    max_connections: int = Field(256, ge=1, description="HTTP connection pool size of one worker.")
+
+
+class LeanSettings(BaseModel):
+    cmd: str | None = Field(
+        None,
+        description="Command that starts one REPL speaking leanprover-community/repl JSON on stdin/stdout, "
+        "e.g. `lake env /opt/repl/.lake/build/bin/repl`.",
+    )
+    cwd: Path | None = Field(None, description="The Lean project the REPL runs in.")
+    timeout_s: float = Field(120.0, gt=0, description="Wall-clock limit of one check.")
+    header: str = Field(DEFAULT_LEAN_HEADER, description="Imported once per REPL; every proof is checked on it.")
+    pool_size: int = Field(0, ge=0, description="REPL processes per verify worker; 0 = one per core.")
+    spares: int = Field(1, ge=0, description="Warm REPLs kept ready to replace a killed one.")
+    max_checks_per_repl: int = Field(200, ge=1, description="Recycle a REPL after this many checks.")
+    max_rss_mb: int = Field(16384, ge=64, description="Recycle a REPL whose resident memory exceeds this.")
+    address_space_mb: int = Field(
+        0, ge=0, description="RLIMIT_AS of a REPL; 0 = unlimited (Mathlib needs ~9-12 GB of address space)."
+    )
+    cpu_limit_s: int = Field(0, ge=0, description="RLIMIT_CPU of a REPL process; 0 = unlimited.")
+    max_output_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="Largest REPL reply accepted.")
+    sandbox: bool = Field(True, description="Run each REPL without network, in a private temp dir.")
+    feedback_errors: int = Field(8, ge=1, description="Errors shown to the model in the next round.")
+    version: str = Field("v4.15.0", description="Lean version this worker serves (names its verify queue).")
+
+
+class QdrantSettings(BaseModel):
+    url: str | None = Field(None, description="A Qdrant server; when unset the embedded store at `path` is used.")
+    path: Path = Field(Path("./data/qdrant"), description="Embedded Qdrant directory (one process may open it).")
+    api_key: str | None = Field(None, description="API key of the Qdrant server.")
+    collection: str = Field("oprover_proofs", description="Collection holding the verified proofs.")
+    top_k: int = Field(4, ge=0, le=32, description="Proofs retrieved per round unless a request says otherwise.")
+    exclude_file: Path | None = Field(
+        None, description="JSONL of statements never to retrieve (e.g. a benchmark), field formal_statement."
+    )
+    embeddings_url: HttpUrl | None = Field(
+        None, description="OpenAI-compatible /v1 base for dense embeddings; off unless set."
+    )
+    embeddings_model: str | None = Field(None, description="Model name for the embeddings endpoint.")
+
+
+class ApiSettings(BaseModel):
+    keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Comma-separated bearer keys; empty = open (warned at start)."
+    )
+    max_wait_s: float = Field(600.0, gt=0, description="Largest `?wait=` a client may ask for.")
+    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+
+    @field_validator("keys", "cors_origins", mode="before")
+    @classmethod
+    def _split_commas(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+
+class PromptSettings(BaseModel):
+    profile: str = Field("oprover", description="Default prompt profile.")
+    dir: Path | None = Field(None, description="Extra folder of profile files; same names override built-ins.")
+
+
+class ProveSettings(BaseModel):
+    rounds: int = Field(4, ge=1, description="Default rounds per chain.")
+    attempts: int = Field(1, ge=1, description="Default independent chains per job (pass@k).")
+    max_rounds: int = Field(32, ge=1, description="Largest `rounds` a request may ask for.")
+    max_attempts: int = Field(64, ge=1, description="Largest `attempts` a request may ask for.")
+    temperature: float = Field(0.6, ge=0, le=2)
+    top_p: float = Field(0.95, gt=0, le=1)
+    max_tokens: int = Field(16384, ge=1)
+    max_statement_chars: int = Field(20_000, ge=100, description="Longest formal statement accepted.")
+    job_ttl_s: int = Field(7 * 24 * 3600, ge=60, description="How long a finished job stays readable.")
+
+
+class WorkerSettings(BaseModel):
+    maintenance_interval_s: int = Field(
+        30, ge=1, description="How often RQ looks for rounds whose worker died (RQ's default is 600)."
+    )
+    abandoned_grace_s: int = Field(
+        30, ge=1, description="After its timeout, how long a silent round waits before it counts as abandoned."
+    )
+    round_retries: int = Field(3, ge=0, description="Retries of a round that hit an infrastructure failure.")
+    retry_intervals_s: Annotated[list[int], NoDecode] = Field(
+        default_factory=lambda: [2, 10, 30], description="Waits between those retries (comma-separated)."
+    )
+
+    @field_validator("retry_intervals_s", mode="before")
+    @classmethod
+    def _split_ints(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [int(part) for part in value.split(",") if part.strip()]
+        return value
+
+
+class Settings(BaseSettings):
+    model_config = SettingsConfigDict(
+        env_prefix="OPROVER_",
+        env_nested_delimiter="_",
+        env_nested_max_split=1,
+        env_file=".env",
+        extra="ignore",
+    )
+
+    redis: RedisSettings = Field(default_factory=RedisSettings)
+    generator: GeneratorSettings = Field(default_factory=GeneratorSettings)
+    lean: LeanSettings = Field(default_factory=LeanSettings)
+    qdrant: QdrantSettings = Field(default_factory=QdrantSettings)
+    api: ApiSettings = Field(default_factory=ApiSettings)
+    prompt: PromptSettings = Field(default_factory=PromptSettings)
+    prove: ProveSettings = Field(default_factory=ProveSettings)
+    worker: WorkerSettings = Field(default_factory=WorkerSettings)
+
+
+class SettingsError(Exception):
+    """Raised at start when the configuration is unusable; the message names each bad variable."""
+
+
+def load_settings(**overrides: object) -> Settings:
+    """Read the environment once, turning pydantic's report into one line per `OPROVER_` variable."""
+    try:
+        return Settings(**overrides)  # type: ignore[arg-type]
+    except ValidationError as exc:
+        lines = []
+        for error in exc.errors():
+            loc = [str(part) for part in error["loc"]]
+            env = "OPROVER_" + "_".join(loc[:2]).upper() if loc else "OPROVER_?"
+            lines.append(f"{env}: {error['msg']} (got {error.get('input')!r})")
+        raise SettingsError("invalid configuration:\n  " + "\n  ".join(lines)) from None
+
+
+def require(value: object, env: str, why: str) -> None:
+    """Fail start-up of a process that cannot work without `env`, saying what it is for."""
+    if value in (None, ""):
+        raise SettingsError(f"{env} is not set: {why}")
