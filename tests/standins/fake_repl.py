@@ -1,0 +1,476 @@
+"""A stand-in for the leanprover-community/repl binary: same protocol, verdicts from a per-test table.
+
+Run as ``python -m tests.standins.fake_repl --table TABLE.json`` (or as a script: ``python
+tests/standins/fake_repl.py --table TABLE.json``). It is a real process that speaks the repl's JSON protocol on
+stdin/stdout the way the real binary does (REPL/Main.lean):
+
+* a request is read line by line up to the first blank line; lines are right-trimmed and joined, so a raw
+  newline inside a JSON string is lost exactly as in the real repl; EOF ends the process with status 0;
+* a request starting with ``#`` or ``--`` is skipped without a reply;
+* malformed JSON is an uncaught exception: a message on stderr and exit status 1 (the real repl dies too);
+* replies are Lean's ``Json.pretty`` at width 80 (keys in reverse order, multi-line when long) followed by a
+  blank line; empty ``messages``/``sorries`` are omitted; ``{"message": ...}`` for unknown environments;
+* every command gets the next environment number; ``#print axioms N`` answers with Lean's info message.
+
+It never runs Lean. It judges each command from the table, whose rules are tried in order (first match wins)::
+
+    {"rules": [{"match": "nlinarith [sq_nonneg", "outcome": "pass"},
+               {"match": "linarith", "outcome": "error", "message": "linarith failed to find a contradiction"},
+               {"regex": "HANG_\\\\w+", "outcome": "hang"}],
+     "default": "error", "import_s": 0.0, "check_s": 0.0, "lean_version": "4.15.0-fake_repl"}
+
+Outcomes: ``pass``, ``error``, ``sorry``, ``axiom`` (compiles; ``#print axioms`` lists the rule's ``axioms``),
+``hang``, ``spin`` (burns CPU), ``crash``, ``memory`` (allocates until ``memory_mb`` or the address-space limit),
+``flood`` (a reply of ``bytes`` bytes), ``garbage`` (an unparseable reply), ``probe`` (tries the network and a
+write outside its temp dir, reports both as an info message). Any rule may set ``check_s`` (time to spend),
+``rss_mb`` (resident memory to keep after the check), ``axioms``, ``message``, ``goal``, ``severity``.
+
+So nobody mistakes it for Lean: it says so on stderr at start, and ``#eval Lean.versionString`` answers the table's
+``lean_version`` (default ``4.15.0-fake_repl``). Only the standard library is used, so it runs from any cwd.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import shlex
+import signal
+import socket
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+STANDARD_AXIOMS = ["propext", "Classical.choice", "Quot.sound"]
+DEFAULT_LEAN_VERSION = "4.15.0-fake_repl"
+WIDTH = 80  # Lean's `Json.pretty` default line width
+
+# ---------------------------------------------------------------------------------------------------------
+# Lean's Json.pretty, re-implemented: `Json.render` builds a `Format` (groups, nests, soft lines) and
+# `Format.pretty` lays it out Wadler-style: a group goes flat when it and the text after it, up to the next
+# line break, fit in the width.
+# ---------------------------------------------------------------------------------------------------------
+_LINE = object()
+
+
+def _render_string(text: str) -> str:
+    out = ['"']
+    for ch in text:
+        code = ord(ch)
+        if ch == '"':
+            out.append('\\"')
+        elif ch == "\\":
+            out.append("\\\\")
+        elif ch == "\n":
+            out.append("\\n")
+        elif ch == "\r":
+            out.append("\\r")
+        elif code < 0x20:
+            out.append(f"\\u{code:04x}")
+        else:
+            out.append(ch)
+    out.append('"')
+    return "".join(out)
+
+
+def _bracket(left: str, items: list[Any], right: str) -> tuple:
+    inner: list[Any] = []
+    for k, item in enumerate(items):
+        if k:
+            inner += [",", _LINE]
+        inner.append(item)
+    return ("group", ("nest", len(left), ("cat", [left, *inner, right])))
+
+
+def _doc(value: Any) -> Any:
+    if value is None:
+        return "null"
+    if value is True:
+        return "true"
+    if value is False:
+        return "false"
+    if isinstance(value, int):
+        return str(value)
+    if isinstance(value, float):
+        return repr(value)
+    if isinstance(value, str):
+        return _render_string(value)
+    if isinstance(value, list):
+        return _bracket("[", [_doc(v) for v in value], "]")
+    if isinstance(value, dict):
+        # Lean keeps object fields in an RB map and folds them into a list, so they come out in reverse order.
+        keys = sorted(value, reverse=True)
+        return _bracket("{", [("group", ("cat", [_render_string(k), ":", _LINE, _doc(value[k])])) for k in keys], "}")
+    raise TypeError(f"not JSON: {value!r}")
+
+
+def _fits(room: int, items: list[tuple[int, bool, Any]]) -> bool:
+    stack = list(items)
+    while stack:
+        if room < 0:
+            return False
+        indent, flat, doc = stack.pop()
+        if isinstance(doc, str):
+            room -= len(doc)
+        elif doc is _LINE:
+            if not flat:
+                return True
+            room -= 1
+        elif doc[0] == "cat":
+            stack.extend((indent, flat, d) for d in reversed(doc[1]))
+        elif doc[0] == "nest":
+            stack.append((indent + doc[1], flat, doc[2]))
+        else:  # group inside the rest: measured in the mode of what encloses it
+            stack.append((indent, flat, doc[1]))
+    return room >= 0
+
+
+def render_json(value: Any, width: int = WIDTH) -> str:
+    """Lay out `value` exactly as Lean 4's `Json.pretty` does (checked against the repl's own test outputs)."""
+    out: list[str] = []
+    column = 0
+    stack: list[tuple[int, bool, Any]] = [(0, False, _doc(value))]
+    while stack:
+        indent, flat, doc = stack.pop()
+        if isinstance(doc, str):
+            out.append(doc)
+            column += len(doc)
+        elif doc is _LINE:
+            if flat:
+                out.append(" ")
+                column += 1
+            else:
+                out.append("\n" + " " * indent)
+                column = indent
+        elif doc[0] == "cat":
+            stack.extend((indent, flat, d) for d in reversed(doc[1]))
+        elif doc[0] == "nest":
+            stack.append((indent + doc[1], flat, doc[2]))
+        else:
+            if flat:
+                stack.append((indent, True, doc[1]))
+            else:
+                rest = [(i, f, d) for (i, f, d) in stack]
+                goes_flat = _fits(width - column, [*rest, (indent, True, doc[1])])
+                stack.append((indent, goes_flat, doc[1]))
+    return "".join(out)
+
+
+# ---------------------------------------------------------------------------------------------------------
+# Tables
+# ---------------------------------------------------------------------------------------------------------
+def write_table(path: str | os.PathLike[str], rules: list[dict[str, Any]], **options: Any) -> Path:
+    """Write a stand-in table (rules plus options such as default, import_s, check_s) and return its path."""
+    path = Path(path)
+    path.write_text(json.dumps({"rules": rules, **options}, ensure_ascii=False, indent=1), encoding="utf-8")
+    return path
+
+
+def lean_cmd(table_path: str | os.PathLike[str]) -> str:
+    """The OPROVER_LEAN_CMD that starts this stand-in on `table_path` (works from any working directory)."""
+    return shlex.join([sys.executable, str(Path(__file__).resolve()), "--table", str(Path(table_path).resolve())])
+
+
+# ---------------------------------------------------------------------------------------------------------
+# The REPL
+# ---------------------------------------------------------------------------------------------------------
+_DECL_NAME = re.compile(
+    r"(?m)^[ \t]*(?:@\[[^\]]*\][ \t]*)?(?:(?:private|protected|noncomputable|nonrec)[ \t]+)*"
+    r"(theorem|lemma|def|abbrev|instance|axiom|opaque)[ \t]+([^\s(){}\[\]:,⦃⦄]+)"
+)
+_PRINT_AXIOMS = re.compile(r"^\s*#print\s+axioms\s+(\S+)\s*$")
+_VERSION_EVAL = re.compile(r"^\s*#eval\s+Lean\.versionString\s*$")
+_IMPORT = re.compile(r"(?m)^\s*import\s+\S+.*$")
+
+_KEEP: list[bytearray] = []  # memory a `rss_mb` rule keeps resident, as a leaking elaborator would
+
+
+def _pos(text: str, offset: int) -> dict[str, int]:
+    line = text.count("\n", 0, offset) + 1
+    column = offset - (text.rfind("\n", 0, offset) + 1)
+    return {"line": line, "column": column}
+
+
+def _reply(obj: dict[str, Any]) -> None:
+    sys.stdout.write(render_json(obj) + "\n")
+    sys.stdout.write("\n")
+    sys.stdout.flush()
+
+
+class FakeRepl:
+    def __init__(self, table: dict[str, Any]) -> None:
+        self.table = table
+        self.envs: list[dict[str, list[str]]] = []  # env id -> declared name -> axioms
+        self.proof_states = 0
+
+    # -- judging ------------------------------------------------------------------------------------------
+    def _rule_for(self, code: str) -> tuple[dict[str, Any], tuple[int, int] | None]:
+        for rule in self.table.get("rules", []):
+            if "match" in rule:
+                at = code.find(rule["match"])
+                if at >= 0:
+                    return rule, (at, at + len(rule["match"]))
+            elif "regex" in rule:
+                found = re.search(rule["regex"], code)
+                if found:
+                    return rule, found.span()
+            elif rule.get("always"):
+                return rule, None
+        default = self.table.get("default", "error")
+        return ({"outcome": default} if isinstance(default, str) else dict(default)), None
+
+    def _new_env(self, base: int | None, decls: dict[str, list[str]]) -> int:
+        names = dict(self.envs[base]) if base is not None else {}
+        names.update(decls)
+        self.envs.append(names)
+        return len(self.envs) - 1
+
+    def run_command(self, cmd: str, env: int | None) -> dict[str, Any]:
+        if env is not None and not (0 <= env < len(self.envs)):
+            return {"message": "Unknown environment."}
+        if env is None and _IMPORT.search(cmd):
+            time.sleep(float(self.table.get("import_s", 0.0)))
+        body = _IMPORT.sub("", cmd) if env is None else cmd
+        if _VERSION_EVAL.match(body):
+            data = _render_string(str(self.table.get("lean_version", DEFAULT_LEAN_VERSION)))
+            return self._info(cmd, body, data, env)
+        match = _PRINT_AXIOMS.match(body)
+        if match:
+            return self._print_axioms(cmd, match.group(1), env)
+        if not _DECL_NAME.search(body) and not re.search(r"\b(example|theorem|lemma)\b", body):
+            # header-like text (imports, options, `open`): nothing to judge
+            return {"env": self._new_env(env, {})}
+        return self._judge(cmd, env)
+
+    def _info(self, cmd: str, shown: str, data: str, env: int | None) -> dict[str, Any]:
+        start = cmd.find(shown.strip())
+        msg = {
+            "severity": "info",
+            "pos": _pos(cmd, start),
+            "endPos": _pos(cmd, start + len(shown.strip())),
+            "data": data,
+        }
+        return {"messages": [msg], "env": self._new_env(env, {})}
+
+    def _print_axioms(self, cmd: str, name: str, env: int | None) -> dict[str, Any]:
+        known = self.envs[env] if env is not None else {}
+        start = cmd.find("#print")
+        end = len(cmd.rstrip())
+        if name not in known:
+            msg = {
+                "severity": "error",
+                "pos": _pos(cmd, cmd.find(name, start)),
+                "endPos": _pos(cmd, cmd.find(name, start) + len(name)),
+                "data": f"unknown constant '{name}'",
+            }
+            return {"messages": [msg], "env": self._new_env(env, {})}
+        axioms = known[name]
+        if axioms:
+            data = f"'{name}' depends on axioms: [{', '.join(axioms)}]"
+        else:
+            data = f"'{name}' does not depend on any axioms"
+        msg = {"severity": "info", "pos": _pos(cmd, start), "endPos": _pos(cmd, end), "data": data}
+        return {"messages": [msg], "env": self._new_env(env, {})}
+
+    def _judge(self, cmd: str, env: int | None) -> dict[str, Any]:
+        rule, span = self._rule_for(cmd)
+        outcome = rule.get("outcome", "error")
+        time.sleep(float(rule.get("check_s", self.table.get("check_s", 0.0))))
+        decls = list(_DECL_NAME.finditer(cmd))
+        if outcome == "hang":
+            while True:
+                time.sleep(3600)
+        if outcome == "spin":
+            while True:
+                pass
+        if outcome == "crash":
+            sys.stdout.write('{"messages":\n [{"severity": "error",\n')
+            sys.stdout.flush()
+            sys.stderr.write("INTERNAL PANIC: fake_repl stand-in simulating a crash\n")
+            sys.stderr.flush()
+            os.kill(os.getpid(), signal.SIGSEGV)
+        if outcome == "memory":
+            self._blow_up(int(rule.get("memory_mb", 4096)))
+        if outcome == "garbage":
+            sys.stdout.write("fake_repl stand-in: this reply is deliberately not JSON\n\n")
+            sys.stdout.flush()
+            return {}
+        if rule.get("rss_mb"):
+            block = bytearray(int(rule["rss_mb"]) * 1024 * 1024)
+            block[::4096] = b"\1" * len(block[::4096])  # touch every page so it is resident
+            _KEEP.append(block)
+
+        axioms = list(rule.get("axioms", STANDARD_AXIOMS))
+        messages: list[dict[str, Any]] = []
+        sorries: list[dict[str, Any]] = []
+        first = decls[0] if decls else None
+        name_span = (first.start(2), first.end(2)) if first else (0, 0)
+        at = span or name_span
+        if outcome == "error":
+            messages.append(
+                {
+                    "severity": rule.get("severity", "error"),
+                    "pos": _pos(cmd, at[0]),
+                    "endPos": _pos(cmd, at[1]),
+                    "data": rule.get("message", "fake_repl stand-in: no rule of the table accepted this proof"),
+                }
+            )
+            axioms = [*axioms, "sorryAx"]  # Lean adds a declaration that failed to elaborate, with sorryAx
+        elif outcome == "sorry":
+            sorry_at = cmd.find("sorry") if span is None else span[0]
+            sorry_at = sorry_at if sorry_at >= 0 else at[0]
+            sorries.append(
+                {
+                    "proofState": self.proof_states,
+                    "pos": _pos(cmd, sorry_at),
+                    "goal": rule.get("goal", "⊢ False"),
+                    "endPos": _pos(cmd, sorry_at + 5),
+                }
+            )
+            self.proof_states += 1
+            messages.append(
+                {
+                    "severity": "warning",
+                    "pos": _pos(cmd, name_span[0]),
+                    "endPos": _pos(cmd, name_span[1]),
+                    "data": "declaration uses 'sorry'",
+                }
+            )
+            axioms = [*axioms, "sorryAx"]
+        elif outcome == "flood":
+            size = int(rule.get("bytes", 16 * 1024 * 1024))
+            messages.append(
+                {"severity": "info", "pos": _pos(cmd, at[0]), "endPos": _pos(cmd, at[1]), "data": "x" * size}
+            )
+        elif outcome == "probe":
+            messages.append(
+                {
+                    "severity": "info",
+                    "pos": _pos(cmd, at[0]),
+                    "endPos": _pos(cmd, at[1]),
+                    "data": json.dumps(_probe(rule)),
+                }
+            )
+        elif outcome not in ("pass", "axiom"):
+            raise SystemExit(f"fake_repl: unknown outcome {outcome!r} in the table")
+        for extra in rule.get("messages", []):
+            messages.append(
+                {
+                    "severity": extra.get("severity", "warning"),
+                    "pos": _pos(cmd, at[0]),
+                    "endPos": _pos(cmd, at[1]),
+                    "data": extra["data"],
+                }
+            )
+        reply: dict[str, Any] = {}
+        if sorries:
+            reply["sorries"] = sorries
+        if messages:
+            reply["messages"] = messages
+        reply["env"] = self._new_env(env, {m.group(2): axioms for m in decls})
+        return reply
+
+    @staticmethod
+    def _blow_up(limit_mb: int) -> None:
+        try:
+            for _ in range(limit_mb // 64):
+                block = bytearray(64 * 1024 * 1024)
+                block[::4096] = b"\1" * len(block[::4096])
+                _KEEP.append(block)
+        except MemoryError:
+            sys.stderr.write("INTERNAL PANIC: out of memory\n")
+            sys.stderr.flush()
+            os._exit(1)
+        while True:  # it got all it asked for and is still elaborating
+            time.sleep(3600)
+
+    # -- the loop --------------------------------------------------------------------------------------------
+    def serve(self) -> int:
+        stdin = sys.stdin
+        while True:
+            query = _get_lines(stdin)
+            if query == "":
+                return 0
+            if query.startswith(("#", "--")):
+                continue
+            try:
+                request = json.loads(query)
+                if not isinstance(request, dict):
+                    raise ValueError("expected an object")
+            except ValueError as exc:
+                error = {"message": f"Could not parse JSON:\n{exc}"}
+                sys.stderr.write(f"uncaught exception: {render_json(error)}\n")
+                sys.stderr.flush()
+                return 1
+            if "cmd" in request:
+                reply = self.run_command(str(request["cmd"]), request.get("env"))
+            elif "path" in request:
+                try:
+                    text = Path(request["path"]).read_text(encoding="utf-8")
+                except OSError as exc:
+                    reply = {"message": f"no such file or directory (error code: 2)\n  file: {exc.filename}"}
+                else:
+                    reply = self.run_command(text, request.get("env"))
+            elif "tactic" in request:
+                reply = {"message": "Unknown proof state."}
+            else:
+                error = {"message": "Could not parse as a valid JSON command:\nfake_repl stand-in: unsupported"}
+                sys.stderr.write(f"uncaught exception: {render_json(error)}\n")
+                sys.stderr.flush()
+                return 1
+            if reply:
+                _reply(reply)
+
+
+def _get_lines(stream: Any) -> str:
+    """The repl's `getLines`: lines up to a blank one, each right-trimmed and concatenated."""
+    parts: list[str] = []
+    while True:
+        line = stream.readline()
+        if line.strip() == "":
+            return "".join(parts) + line if parts or line else ""
+        parts.append(line.rstrip())
+
+
+def _probe(rule: dict[str, Any]) -> dict[str, str]:
+    """Try what a sandbox must forbid: a TCP connection and a write outside the private temp dir."""
+    result: dict[str, str] = {}
+    target = rule.get("connect")
+    if target:
+        host, port = target.rsplit(":", 1)
+        try:
+            with socket.create_connection((host, int(port)), timeout=2):
+                result["network"] = "allowed"
+        except OSError as exc:
+            result["network"] = f"blocked: {exc.__class__.__name__}: {exc}"
+    path = rule.get("write")
+    if path:
+        try:
+            Path(path).write_text("written by the fake_repl stand-in\n")
+            result["write"] = "allowed"
+        except OSError as exc:
+            result["write"] = f"blocked: {exc.__class__.__name__}: {exc}"
+    tmp = os.environ.get("TMPDIR", "/tmp")
+    try:
+        (Path(tmp) / "fake_repl_probe.txt").write_text("ok")
+        result["tmpdir"] = f"writable: {tmp}"
+    except OSError as exc:
+        result["tmpdir"] = f"blocked: {exc}"
+    result["uid"] = str(os.getuid())
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Stand-in for the leanprover-community/repl binary (not Lean).")
+    parser.add_argument("--table", required=True, type=Path, help="JSON table of rules deciding each verdict")
+    args = parser.parse_args(argv)
+    table = json.loads(args.table.read_text(encoding="utf-8"))
+    sys.stderr.write(f"fake_repl: stand-in for leanprover-community/repl, NOT Lean (table {args.table})\n")
+    sys.stderr.flush()
+    return FakeRepl(table).serve()
+
+
+if __name__ == "__main__":
+    sys.exit(main())
