@@ -169,8 +169,34 @@ def write_table(path: str | os.PathLike[str], rules: list[dict[str, Any]], **opt
 
 
 def lean_cmd(table_path: str | os.PathLike[str]) -> str:
-    """The OPROVER_LEAN_CMD that starts this stand-in on `table_path` (works from any working directory)."""
-    return shlex.join([sys.executable, str(Path(__file__).resolve()), "--table", str(Path(table_path).resolve())])
+    """The OPROVER_LEAN_CMD that starts this stand-in on the table at `table_path`.
+
+    The table's content is passed on the command line (`--table-json`) as well as its path: the sandbox runs
+    the REPL as an unprivileged user that may not read a test's private temp dir. So write the table first,
+    and build the command again after changing it. The interpreter is one that user can execute.
+    """
+    path = Path(table_path).resolve()
+    table = json.dumps(json.loads(path.read_text(encoding="utf-8")), ensure_ascii=False, separators=(",", ":"))
+    return shlex.join([_shared_python(), str(Path(__file__).resolve()), "--table", str(path), "--table-json", table])
+
+
+def _world_executable(path: Path) -> bool:
+    try:
+        real = path.resolve(strict=True)
+    except OSError:
+        return False
+    if not real.stat().st_mode & 0o001:
+        return False
+    return all(parent.stat().st_mode & 0o001 for parent in real.parents)
+
+
+def _shared_python() -> str:
+    """An interpreter every user can run (a venv under /root is not); the stand-in needs only the stdlib."""
+    candidates = [Path(sys.executable), Path("/usr/bin/python3"), Path("/usr/local/bin/python3")]
+    for candidate in candidates:
+        if _world_executable(candidate):
+            return str(candidate)
+    return sys.executable
 
 
 # ---------------------------------------------------------------------------------------------------------
@@ -465,8 +491,10 @@ def _probe(rule: dict[str, Any]) -> dict[str, str]:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Stand-in for the leanprover-community/repl binary (not Lean).")
     parser.add_argument("--table", required=True, type=Path, help="JSON table of rules deciding each verdict")
+    parser.add_argument("--table-json", help="the table itself (wins over --table; see lean_cmd)")
     args = parser.parse_args(argv)
-    table = json.loads(args.table.read_text(encoding="utf-8"))
+    text = args.table_json if args.table_json else args.table.read_text(encoding="utf-8")
+    table = json.loads(text)
     sys.stderr.write(f"fake_repl: stand-in for leanprover-community/repl, NOT Lean (table {args.table})\n")
     sys.stderr.flush()
     return FakeRepl(table).serve()

@@ -1,0 +1,256 @@
+"""`LeanChecker`: theorem and code in, a verdict out, failing closed at every step (DESIGN §5).
+
+1. text policy on the model's code (`policy.compose`): a violation is `rejected` before Lean sees anything;
+2. the requested statement is imposed: Lean compiles helpers + the statement verbatim + the model's body;
+3. compile in the header's environment of a warm REPL: any error, any sorry (listed or as the warning in either
+   quote style), a `{"message": ...}` reply, a timeout, EOF or an unparseable reply is not a pass;
+4. `#print axioms` on the target (every named theorem without a statement) as a separate command: its standard
+   answer must be seen and list only propext, Classical.choice, Quot.sound;
+5. optionally (`strict`), replay in a fresh kernel environment and compare the type with the reference.
+
+A proof that crashes or hangs its REPL gets `error`/`timeout` and the process is killed and replaced; only
+infrastructure failures that a retry could fix raise `LeanError`.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from services.domain import Verdict
+from services.errors import RequestError
+from services.lean.feedback import build_feedback
+from services.lean.policy import STANDARD_AXIOMS, Composed, compose, header_parts, parse_axioms_answer
+from services.lean.pool import HeaderError, ReplPool
+from services.lean.process import ReplFailure
+from services.lean.protocol import LeanMessage, ReplReply, Sorry
+from services.settings import LeanSettings
+
+logger = logging.getLogger(__name__)
+
+_SORRY_WARNING = re.compile(r"declaration uses ['\"]sorry['\"]")
+# Modules the usual headers import that `import Mathlib` already brings in.
+_COVERED_BY_MATHLIB = ("Mathlib", "Aesop", "Batteries", "Lean", "Std", "Qq", "ProofWidgets", "Plausible", "Init")
+
+
+@dataclass(frozen=True)
+class CheckResult:
+    verdict: Verdict
+    messages: list[LeanMessage]
+    axioms: list[str] | None
+    feedback: str
+    time_ms: int
+    compiled: str  # the exact full Lean text checked: header + helpers + imposed statement + body
+    versions: dict[str, str] = field(default_factory=dict)
+    detail: str = ""  # one line on why (for logs and the job record)
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "verdict": self.verdict.value,
+            "messages": [m.to_json() for m in self.messages],
+            "axioms": list(self.axioms) if self.axioms is not None else None,
+            "feedback": self.feedback,
+            "time_ms": self.time_ms,
+            "compiled": self.compiled,
+            "versions": dict(self.versions),
+            "detail": self.detail,
+        }
+
+
+def queue_name_for(version: str) -> str:
+    """A queue name per Lean version, e.g. `verify-v4.15.0` (the gateway decides whether it uses it)."""
+    version = version.strip()
+    return "verify-" + (version if version.startswith("v") else f"v{version}")
+
+
+class LeanChecker:
+    def __init__(self, settings: LeanSettings) -> None:
+        self.settings = settings
+        self.pool = ReplPool(settings)
+        self._static_versions = _configured_versions(settings)
+
+    # -- life cycle --------------------------------------------------------------------------------------------
+    def start(self) -> None:
+        self.pool.start(wait=True)
+
+    def close(self) -> None:
+        self.pool.close()
+
+    def health(self) -> None:
+        self.pool.health()
+
+    def versions(self) -> dict[str, str]:
+        return {"lean": self.pool.lean_version or self.settings.version, **self._static_versions}
+
+    # -- checking ------------------------------------------------------------------------------------------------
+    def check(
+        self,
+        code: str,
+        *,
+        formal_statement: str | None = None,
+        header: str | None = None,
+        timeout_s: float | None = None,
+    ) -> CheckResult:
+        started = time.monotonic()
+        header = self.settings.header if header is None else header
+        imports, rest = header_parts(header)
+        self._require_covered(imports)
+        composed = compose(code, header=header, formal_statement=formal_statement)
+        compiled = header.rstrip("\n") + "\n\n" + composed.command
+        composed.positions.header_lines = header.rstrip("\n").count("\n") + 2
+
+        def done(
+            verdict: Verdict,
+            messages: list[LeanMessage],
+            axioms: list[str] | None = None,
+            sorries: tuple[Sorry, ...] = (),
+            detail: str = "",
+        ) -> CheckResult:
+            feedback = build_feedback(
+                verdict,
+                code=code,
+                messages=messages,
+                sorries=sorries,
+                detail=detail,
+                limit=self.settings.feedback_errors,
+            )
+            return CheckResult(
+                verdict=verdict,
+                messages=messages,
+                axioms=axioms,
+                feedback=feedback,
+                time_ms=int((time.monotonic() - started) * 1000),
+                compiled=compiled,
+                versions=self.versions(),
+                detail=detail,
+            )
+
+        if composed.violations:
+            messages = [v.message(code) for v in composed.violations]
+            return done(Verdict.REJECTED, messages, detail=composed.violations[0].rule)
+
+        limit = self.settings.timeout_s if timeout_s is None else timeout_s
+        with self.pool.lease() as lease:
+            deadline = time.monotonic() + limit
+            try:
+                try:
+                    env = lease.repl.header_env(rest, deadline)
+                except HeaderError as exc:
+                    raise RequestError(str(exc), param="header", code="invalid_header") from exc
+                reply = lease.process.request(composed.command, env, deadline=deadline)
+                verdict, messages, detail = self._judge(reply, composed)
+                if reply.error is not None:
+                    lease.broken = f"error reply: {reply.error}"
+                if verdict is not Verdict.PASS or reply.env is None:
+                    return done(verdict, messages, sorries=reply.sorries, detail=detail)
+                names = [composed.target] if composed.target else composed.theorems
+                axioms, problem = self._axioms(lease, names, reply.env, deadline)
+            except ReplFailure as failure:
+                lease.broken = f"{failure.kind}: {failure.detail}"
+                logger.info("check ended by %s: %s", failure.kind, failure.detail)
+                verdict = Verdict.TIMEOUT if failure.kind == "timeout" else Verdict.ERROR
+                if verdict is Verdict.TIMEOUT:
+                    detail = f"no answer within {limit:g} s; the Lean process was killed"
+                else:
+                    detail = _failure_text(failure)
+                note = LeanMessage(severity="error", data=detail, source="checker")
+                return done(verdict, [note], detail=detail)
+        if problem:
+            note = LeanMessage(severity="error", data=problem, source="checker")
+            return done(Verdict.FAIL, [*messages, note], axioms=axioms, detail=problem)
+        return done(Verdict.PASS, messages, axioms=axioms)
+
+    def _require_covered(self, imports: list[str]) -> None:
+        have = set(self.pool.imports)
+        for module in imports:
+            root = module.split(".")[0]
+            if module in have or any(module.startswith(m + ".") for m in have):
+                continue
+            if "Mathlib" in have and root in _COVERED_BY_MATHLIB:
+                continue
+            raise RequestError(
+                f"header imports {module}, which this Lean worker does not load (it imports "
+                f"{', '.join(self.pool.imports) or 'nothing'})",
+                param="header",
+                code="unsupported_import",
+            )
+
+    @staticmethod
+    def _map(message: LeanMessage, composed: Composed) -> LeanMessage:
+        pos_map = composed.positions
+        return LeanMessage(
+            severity=message.severity,
+            data=message.data,
+            pos=pos_map.to_code(message.pos),
+            end_pos=pos_map.to_code(message.end_pos),
+            compiled_pos=pos_map.to_compiled(message.pos),
+            compiled_end_pos=pos_map.to_compiled(message.end_pos),
+            source="lean",
+        )
+
+    def _judge(self, reply: ReplReply, composed: Composed) -> tuple[Verdict, list[LeanMessage], str]:
+        messages = [self._map(m, composed) for m in reply.messages]
+        if reply.error is not None:
+            detail = f"the REPL answered with an error: {reply.error}"
+            kind = Verdict.ERROR if "Unknown environment" in reply.error else Verdict.FAIL
+            return kind, [*messages, LeanMessage("error", reply.error, source="lean")], detail
+        if reply.env is None:
+            return Verdict.ERROR, messages, "the REPL's reply has no environment"
+        errors = [m for m in messages if m.is_error]
+        if errors:
+            return Verdict.FAIL, messages, f"{len(errors)} Lean error(s)"
+        if reply.sorries or any(_SORRY_WARNING.search(m.data) for m in messages):
+            return Verdict.FAIL, messages, "the proof uses sorry"
+        return Verdict.PASS, messages, ""
+
+    @staticmethod
+    def _axioms(lease: Any, names: list[str], env: int, deadline: float) -> tuple[list[str], str]:
+        """Run `#print axioms` per name; return (union of axioms, problem or "")."""
+        found: list[str] = []
+        for name in names:
+            reply = lease.process.request(f"#print axioms {name}", env, deadline=deadline)
+            answers = [parse_axioms_answer(m.data) for m in reply.messages if m.severity == "info"]
+            answers = [a for a in answers if a is not None]
+            if reply.error is not None or not answers or any(m.is_error for m in reply.messages):
+                why = reply.error or "; ".join(m.data for m in reply.messages) or "no answer"
+                return found, f"`#print axioms {name}` gave no standard answer ({why})"
+            printed, axioms = answers[0]
+            if printed != name and not printed.endswith("." + name):
+                return found, f"`#print axioms {name}` answered about `{printed}`"
+            found += [a for a in axioms if a not in found]
+        extra = [a for a in found if a not in STANDARD_AXIOMS]
+        if extra:
+            return found, f"the proof depends on non-standard axioms: {', '.join(extra)}"
+        return found, ""
+
+
+def _failure_text(failure: ReplFailure) -> str:
+    return {
+        "crash": "the Lean process crashed on this proof",
+        "memory_limit": "the proof exceeded the memory limit",
+        "output_limit": "Lean's output for this proof exceeded the size limit",
+        "protocol": "the REPL's reply could not be read",
+    }.get(failure.kind, "the Lean checker failed") + f" ({failure.detail})"
+
+
+def _configured_versions(settings: LeanSettings) -> dict[str, str]:
+    mathlib = settings.mathlib_version
+    if mathlib is None and settings.cwd is not None:
+        mathlib = _manifest_rev(Path(settings.cwd) / "lake-manifest.json", "mathlib")
+    return {"mathlib": mathlib or "unknown", "repl": settings.repl_version or "unknown"}
+
+
+def _manifest_rev(path: Path, package: str) -> str | None:
+    try:
+        manifest = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None
+    for entry in manifest.get("packages", []):
+        if entry.get("name") == package:
+            return str(entry.get("rev") or entry.get("inputRev") or "") or None
+    return None

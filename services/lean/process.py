@@ -1,0 +1,281 @@
+"""One REPL process: spawn (sandboxed), one request at a time with a wall-clock deadline, an output cap and a
+memory watchdog, and kill of its whole process group.
+
+The repl has no per-command timeout and `lake env repl` is two processes, so a hung check is ended by
+SIGKILL to the process group the REPL was started in (`process_group=0`). Reading uses `select` on the raw pipe:
+the deadline, the byte cap and the RSS watchdog are enforced while the reply is being written, never after.
+"""
+
+from __future__ import annotations
+
+import collections
+import contextlib
+import logging
+import os
+import pwd
+import select
+import shlex
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import psutil
+
+from services.lean.protocol import ProtocolError, ReplReply, decode_reply, encode_command
+
+logger = logging.getLogger(__name__)
+
+LAUNCHER = Path(__file__).with_name("sandbox_launch.py")
+WATCH_INTERVAL_S = 0.2  # how often RSS is sampled while a reply is awaited
+STDERR_TAIL_BYTES = 8192  # kept for diagnostics; the repl itself writes nothing there
+# Never hand secrets of the worker (Redis URL with password, API keys) to code that Lean runs.
+_SECRET_MARKERS = ("KEY", "TOKEN", "SECRET", "PASSWORD", "CREDENTIAL")
+
+
+class ReplFailure(Exception):
+    """The process could not answer. `kind` becomes the check's status; `detail` goes to the logs/feedback."""
+
+    kind = "error"
+
+    def __init__(self, detail: str) -> None:
+        super().__init__(detail)
+        self.detail = detail
+
+
+class ReplTimeout(ReplFailure):
+    kind = "timeout"
+
+
+class ReplDied(ReplFailure):
+    kind = "crash"
+
+
+class ReplOutputTooLarge(ReplFailure):
+    kind = "output_limit"
+
+
+class ReplMemoryExceeded(ReplFailure):
+    kind = "memory_limit"
+
+
+class ReplProtocolFailure(ReplFailure):
+    kind = "protocol"
+
+
+class SandboxUnavailable(ReplFailure):
+    kind = "sandbox"
+
+
+@dataclass(frozen=True)
+class SandboxConfig:
+    enabled: bool = True
+    network: bool = True  # require a network namespace
+    user: str | None = "nobody"  # used only when the worker runs as root
+    address_space_mb: int = 0
+    cpu_limit_s: int = 0
+
+
+def child_environment(base: dict[str, str] | None = None) -> dict[str, str]:
+    env = dict(os.environ if base is None else base)
+    for key in list(env):
+        upper = key.upper()
+        if upper.startswith("OPROVER_") or any(marker in upper for marker in _SECRET_MARKERS):
+            del env[key]
+    return env
+
+
+class ReplProcess:
+    """A started REPL. Not thread-safe: the pool hands it to one check at a time."""
+
+    def __init__(
+        self,
+        cmd: str,
+        *,
+        cwd: Path | None,
+        sandbox: SandboxConfig,
+        max_output_bytes: int,
+        max_rss_mb: int = 0,
+    ) -> None:
+        self.cmd = cmd
+        self.cwd = cwd
+        self.sandbox = sandbox
+        self.max_output_bytes = max_output_bytes
+        self.max_rss_mb = max_rss_mb
+        self.tmpdir = Path(tempfile.mkdtemp(prefix="oprover-repl-"))
+        argv = shlex.split(cmd)
+        if not argv:
+            raise ValueError("empty REPL command")
+        env = child_environment()
+        env.update({"TMPDIR": str(self.tmpdir), "HOME": str(self.tmpdir)})
+        if sandbox.enabled:
+            argv = self._sandboxed(argv)
+        self._buffer = b""
+        self._stderr: collections.deque[bytes] = collections.deque()
+        self._stderr_size = 0
+        self.proc = subprocess.Popen(
+            argv,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            cwd=str(cwd) if cwd else None,
+            env=env,
+            process_group=0,
+            close_fds=True,
+        )
+        self.pid = self.proc.pid
+        self._stderr_thread = threading.Thread(target=self._drain_stderr, name=f"repl-stderr-{self.pid}", daemon=True)
+        self._stderr_thread.start()
+        os.set_blocking(self.proc.stdout.fileno(), False)  # type: ignore[union-attr]
+
+    def _sandboxed(self, argv: list[str]) -> list[str]:
+        cfg = self.sandbox
+        launcher = [sys.executable, "-I", "-S", str(LAUNCHER), "--net", "isolate" if cfg.network else "keep"]
+        launcher += ["--as-mb", str(cfg.address_space_mb), "--cpu-s", str(cfg.cpu_limit_s)]
+        if os.geteuid() == 0 and cfg.user:
+            entry = pwd.getpwnam(cfg.user)
+            os.chown(self.tmpdir, entry.pw_uid, entry.pw_gid)
+            launcher += ["--uid", str(entry.pw_uid), "--gid", str(entry.pw_gid)]
+        os.chmod(self.tmpdir, 0o700)
+        return [*launcher, "--", *argv]
+
+    # -- diagnostics ---------------------------------------------------------------------------------------
+    def _drain_stderr(self) -> None:
+        stream = self.proc.stderr
+        assert stream is not None
+        for chunk in iter(lambda: stream.read1(4096), b""):  # type: ignore[attr-defined]
+            self._stderr.append(chunk)
+            self._stderr_size += len(chunk)
+            while self._stderr_size > STDERR_TAIL_BYTES and len(self._stderr) > 1:
+                self._stderr_size -= len(self._stderr.popleft())
+
+    def stderr_tail(self) -> str:
+        return b"".join(self._stderr).decode("utf-8", "replace")[-STDERR_TAIL_BYTES:]
+
+    def alive(self) -> bool:
+        return self.proc.poll() is None
+
+    def rss_mb(self) -> float:
+        """Resident memory of the REPL and its children (`lake env` runs the repl as a child)."""
+        try:
+            root = psutil.Process(self.pid)
+            procs = [root, *root.children(recursive=True)]
+        except psutil.Error:
+            return 0.0
+        total = 0
+        for proc in procs:
+            with contextlib.suppress(psutil.Error):
+                total += proc.memory_info().rss
+        return total / (1024 * 1024)
+
+    # -- requests ------------------------------------------------------------------------------------------
+    def request(self, cmd: str, env: int | None, *, deadline: float) -> ReplReply:
+        """Send one command and wait for its reply until `deadline` (time.monotonic())."""
+        self._write(encode_command(cmd, env), deadline)
+        text = self._read_reply(deadline)
+        try:
+            return decode_reply(text)
+        except ProtocolError as exc:
+            raise ReplProtocolFailure(str(exc)) from exc
+
+    def _write(self, data: bytes, deadline: float) -> None:
+        stdin = self.proc.stdin
+        assert stdin is not None
+        fd = stdin.fileno()
+        os.set_blocking(fd, False)
+        view = memoryview(data)
+        while view:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                raise ReplTimeout("the REPL did not read the request in time")
+            _, writable, _ = select.select([], [fd], [], min(remaining, WATCH_INTERVAL_S))
+            if not writable:
+                if not self.alive():
+                    raise ReplDied(self._death_note())
+                continue
+            try:
+                sent = os.write(fd, view)
+            except BrokenPipeError as exc:
+                raise ReplDied(self._death_note()) from exc
+            view = view[sent:]
+
+    def _read_reply(self, deadline: float) -> bytes:
+        stdout = self.proc.stdout
+        assert stdout is not None
+        fd = stdout.fileno()
+        next_watch = time.monotonic() + WATCH_INTERVAL_S
+        while True:
+            self._buffer = self._buffer.lstrip(b"\n")  # blank lines between replies
+            end = self._buffer.find(b"\n\n")
+            if end >= 0:
+                reply, self._buffer = self._buffer[:end], self._buffer[end + 2 :]
+                return reply
+            if len(self._buffer) > self.max_output_bytes:
+                raise ReplOutputTooLarge(f"the reply exceeded {self.max_output_bytes} bytes")
+            now = time.monotonic()
+            if now >= deadline:
+                raise ReplTimeout("no reply before the deadline")
+            if now >= next_watch:
+                next_watch = now + WATCH_INTERVAL_S
+                if self.max_rss_mb and self.rss_mb() > self.max_rss_mb:
+                    raise ReplMemoryExceeded(f"resident memory above {self.max_rss_mb} MB")
+            readable, _, _ = select.select([fd], [], [], max(0.0, min(deadline, next_watch) - now))
+            if not readable:
+                continue
+            try:
+                chunk = os.read(fd, 1 << 16)
+            except BlockingIOError:
+                continue
+            if not chunk:
+                self.proc.wait(timeout=5)
+                raise ReplDied(self._death_note())
+            self._buffer += chunk
+
+    def _death_note(self) -> str:
+        code = self.proc.poll()
+        if code is None:
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                code = self.proc.wait(timeout=2)
+        how = f"killed by signal {-code}" if code is not None and code < 0 else f"exit status {code}"
+        tail = self.stderr_tail().strip().splitlines()[-3:]
+        return f"the REPL process ended ({how})" + (": " + " | ".join(tail) if tail else "")
+
+    # -- ending ----------------------------------------------------------------------------------------------
+    def kill(self) -> None:
+        """SIGKILL the whole process group (the REPL, `lake`, anything Lean code started) and clean up."""
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(self.pid, signal.SIGKILL)
+        with contextlib.suppress(ProcessLookupError):
+            self.proc.kill()
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            self.proc.wait(timeout=10)
+        self._cleanup()
+
+    def close(self, grace_s: float = 2.0) -> None:
+        """End politely (EOF makes the repl exit), then kill."""
+        if self.alive():
+            with contextlib.suppress(OSError, ValueError):
+                self.proc.stdin.close()  # type: ignore[union-attr]
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.proc.wait(timeout=grace_s)
+        self.kill()
+
+    def _cleanup(self) -> None:
+        for stream in (self.proc.stdin, self.proc.stdout):
+            with contextlib.suppress(OSError, ValueError):
+                if stream:
+                    stream.close()
+        self._stderr_thread.join(timeout=2)
+        with contextlib.suppress(OSError, ValueError):
+            if self.proc.stderr:
+                self.proc.stderr.close()
+        shutil.rmtree(self.tmpdir, ignore_errors=True)
+
+    def describe(self) -> dict[str, Any]:
+        return {"pid": self.pid, "alive": self.alive(), "rss_mb": round(self.rss_mb(), 1)}
