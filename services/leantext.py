@@ -112,9 +112,7 @@ def parse_statement(text: str, *, param: str = "formal_statement") -> Statement:
     blanked = blank_comments_and_strings(text)
     decls = list(_DECL.finditer(blanked))
     if not decls:
-        raise InvalidStatement(
-            "formal_statement must be a Lean 4 `theorem` or `lemma` declaration", param=param
-        )
+        raise InvalidStatement("formal_statement must be a Lean 4 `theorem` or `lemma` declaration", param=param)
     if len(decls) > 1:
         raise InvalidStatement(
             "formal_statement must hold exactly one theorem or lemma; found "
@@ -154,3 +152,9 @@ def normalize_statement(text: str) -> str:
 
 def statement_hash(text: str) -> str:
     return hashlib.sha256(normalize_statement(text).encode()).hexdigest()
+
+
+def first_declaration_offset(text: str) -> int | None:
+    """Offset of the line holding the first `theorem`/`lemma` of `text` (outside comments), if any."""
+    match = _DECL.search(blank_comments_and_strings(text))
+    return match.start() if match else None

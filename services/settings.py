@@ -48,6 +48,12 @@ class GeneratorSettings(BaseModel):
     backoff_base_s: float = Field(1.0, ge=0, description="First backoff; doubles per retry (0 in tests).")
     concurrency: int = Field(64, ge=1, description="Generations in flight per generate worker process.")
     max_connections: int = Field(256, ge=1, description="HTTP connection pool size of one worker.")
+    stream: bool = Field(
+        True, description="Stream completions (a dropped request is noticed, a cancelled one aborts on the GPU)."
+    )
+    send_rid: bool = Field(
+        False, description="Also send the request id as SGLang's `rid` body field (servers that reject extras: off)."
+    )
 
 
 class LeanSettings(BaseModel):
@@ -70,7 +76,20 @@ class LeanSettings(BaseModel):
     max_output_bytes: int = Field(8 * 1024 * 1024, ge=1024, description="Largest REPL reply accepted.")
     sandbox: bool = Field(True, description="Run each REPL without network, in a private temp dir.")
     feedback_errors: int = Field(8, ge=1, description="Errors shown to the model in the next round.")
-    version: str = Field("v4.15.0", description="Lean version this worker serves (names its verify queue).")
+    import_timeout_s: float = Field(900.0, gt=0, description="Limit of starting one REPL (importing the header).")
+    sandbox_network: bool = Field(True, description="Give each REPL its own network namespace (fails closed).")
+    sandbox_user: str = Field("nobody", description="Unprivileged user the REPL runs as when the worker is root.")
+    strict: bool = Field(False, description="Audit mode: also replay a passing proof in a fresh kernel environment.")
+    mathlib_version: str | None = Field(None, description="Mathlib revision announced (default: lake-manifest).")
+    repl_version: str | None = Field(None, description="repl revision announced (default: unknown).")
+    version: str = Field(
+        "v4.15.0",
+        description="Lean version this verify worker serves (queue `verify-<version>`); for the gateway, "
+        "the deployment's default.",
+    )
+    serve_default_queue: bool = Field(
+        True, description="Also take jobs that name no version (queue `verify`); false for extra-version workers."
+    )
 
 
 class QdrantSettings(BaseModel):
@@ -86,6 +105,13 @@ class QdrantSettings(BaseModel):
         None, description="OpenAI-compatible /v1 base for dense embeddings; off unless set."
     )
     embeddings_model: str | None = Field(None, description="Model name for the embeddings endpoint.")
+    embeddings_api_key: str | None = Field(None, description="Bearer token for the embeddings endpoint.")
+    embeddings_timeout_s: float = Field(30.0, gt=0, description="Limit of one embeddings request.")
+    timeout_s: float = Field(30.0, gt=0, description="Limit of one request to a Qdrant server.")
+    hnsw_m: int = Field(32, ge=4, description="Server only: HNSW links per node of the dense vector index.")
+    hnsw_ef_construct: int = Field(256, ge=4, description="Server only: HNSW build-time candidate list.")
+    hnsw_ef: int = Field(128, ge=4, description="Server only: HNSW search-time candidate list.")
+    int8: bool = Field(True, description="Server only: int8 scalar quantization in RAM, originals on disk.")
 
 
 class ApiSettings(BaseModel):
@@ -124,8 +150,8 @@ class WorkerSettings(BaseModel):
     maintenance_interval_s: int = Field(
         30, ge=1, description="How often RQ looks for rounds whose worker died (RQ's default is 600)."
     )
-    abandoned_grace_s: int = Field(
-        30, ge=1, description="After its timeout, how long a silent round waits before it counts as abandoned."
+    abandoned_after_s: int = Field(
+        30, ge=2, description="A running round whose worker sent no heartbeat for this long is retried elsewhere."
     )
     round_retries: int = Field(3, ge=0, description="Retries of a round that hit an infrastructure failure.")
     retry_intervals_s: Annotated[list[int], NoDecode] = Field(

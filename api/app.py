@@ -1,0 +1,42 @@
+"""The gateway: `create_app(settings)` builds the FastAPI app; the lifespan opens and closes its clients."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+
+from fastapi import FastAPI
+
+from api import health, prove, verify
+from api.deps import Gateway
+from api.errors import install_error_handlers
+from services.settings import Settings
+
+logger = logging.getLogger(__name__)
+
+
+def create_app(settings: Settings) -> FastAPI:
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        if not settings.api.keys:
+            logger.warning("OPROVER_API_KEYS is empty: the API is open to anyone who can reach it")
+        if settings.generator.url is None:
+            logger.warning("OPROVER_GENERATOR_URL is not set: /readyz will report the generator as down")
+        app.state.gateway = Gateway.open(settings)
+        try:
+            yield
+        finally:
+            await app.state.gateway.close()
+
+    app = FastAPI(
+        title="oprover-serve",
+        version="0.1.0",
+        summary="Send a Lean 4 theorem, get back a proof that Lean has checked.",
+        lifespan=lifespan,
+    )
+    install_error_handlers(app)
+    app.include_router(prove.router)
+    app.include_router(verify.router)
+    app.include_router(health.router)
+    return app

@@ -1,0 +1,423 @@
+"""The `oprover` command: run the service's processes, and talk to a running service.
+
+Server commands (`serve`, `worker`, `up`, `memory`, `lean setup`) read `OPROVER_*` settings; client commands
+(`prove`, `verify`, `eval`) reach the gateway at `--url` / `OPROVER_URL` and send `OPROVER_API_KEY` if set.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+DEFAULT_URL = "http://127.0.0.1:8000"
+logger = logging.getLogger("oprover")
+
+
+def _setup_logging(verbose: bool = False) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s [%(threadName)s] %(message)s",
+    )
+
+
+def _settings() -> Any:
+    from services.settings import SettingsError, load_settings
+
+    try:
+        return load_settings()
+    except SettingsError as exc:
+        raise SystemExit(f"oprover: {exc}") from None
+
+
+# --- server processes -----------------------------------------------------------------------------------------------
+def cmd_serve(args: argparse.Namespace) -> int:
+    import uvicorn
+
+    from api.app import create_app
+
+    _setup_logging(args.verbose)
+    app = create_app(_settings())
+    uvicorn.run(app, host=args.host, port=args.port, log_level="info", timeout_graceful_shutdown=10)
+    return 0
+
+
+def cmd_worker(args: argparse.Namespace) -> int:
+    from services import keys
+    from services.settings import SettingsError, require
+    from workers.context import WorkerContext
+    from workers.runner import WorkerPool
+
+    _setup_logging(args.verbose)
+    settings = _settings()
+    try:
+        if args.kind == "generate":
+            require(settings.generator.url, "OPROVER_GENERATOR_URL", "the generate worker calls the model there")
+            concurrency = args.concurrency or settings.generator.concurrency
+            ctx = WorkerContext.build(settings, generator=True, memory=not args.no_memory)
+            # Memory additions first: they are quick and must not wait behind a long generate backlog.
+            queues = ([keys.MEMORY_QUEUE] if ctx.memory is not None else []) + [keys.GENERATE_QUEUE]
+        else:
+            require(settings.lean.cmd, "OPROVER_LEAN_CMD", "the verify worker starts its Lean REPLs with it")
+            concurrency = args.concurrency or settings.lean.pool_size or os.cpu_count() or 1
+            ctx = WorkerContext.build(settings, checker=True, pool_size=concurrency)
+            queues = [f"{keys.VERIFY_QUEUE}-{settings.lean.version}"]
+            if settings.lean.serve_default_queue:
+                queues.append(keys.VERIFY_QUEUE)
+    except SettingsError as exc:
+        raise SystemExit(f"oprover worker {args.kind}: {exc}") from None
+    return WorkerPool(ctx, queues, concurrency, kind=args.kind).run()
+
+
+def cmd_up(args: argparse.Namespace) -> int:
+    """Gateway and one worker of each kind on this machine; Ctrl-C stops them all."""
+    _setup_logging(args.verbose)
+    _settings()  # fail fast, once, with a clear message
+    base = [sys.executable, "-m", "api.cli"]
+    commands = {
+        "gateway": [*base, "serve", "--host", args.host, "--port", str(args.port)],
+        "generate-worker": [*base, "worker", "generate"],
+        "verify-worker": [*base, "worker", "verify"],
+    }
+    children: dict[str, subprocess.Popen[bytes]] = {}
+    stopping = False
+
+    def stop(*_: Any) -> None:
+        nonlocal stopping
+        if stopping:
+            for child in children.values():
+                child.kill()
+            return
+        stopping = True
+        logger.info("stopping %s", ", ".join(children))
+        for child in children.values():
+            if child.poll() is None:
+                child.send_signal(signal.SIGTERM)
+
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
+    for name, command in commands.items():
+        children[name] = subprocess.Popen(command)
+        logger.info("started %s (pid %d)", name, children[name].pid)
+    logger.info("oprover up: gateway on http://%s:%d (Ctrl-C stops everything)", args.host, args.port)
+    exit_code = 0
+    while children:
+        for name, child in list(children.items()):
+            code = child.poll()
+            if code is None:
+                continue
+            del children[name]
+            if not stopping:
+                logger.error("%s exited with code %s; stopping the rest", name, code)
+                exit_code = 1
+                stop()
+        time.sleep(0.2)
+    return exit_code
+
+
+# --- client commands ------------------------------------------------------------------------------------------------
+def _client(args: argparse.Namespace) -> Any:
+    import httpx
+
+    headers = {}
+    if key := os.environ.get("OPROVER_API_KEY"):
+        headers["Authorization"] = f"Bearer {key}"
+    return httpx.Client(base_url=args.url, headers=headers, timeout=httpx.Timeout(30.0, read=None))
+
+
+def _read_input(path: str) -> str:
+    return sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
+
+
+def split_lean_file(text: str) -> tuple[str | None, str]:
+    """A whole .lean file → (header, theorem); a bare theorem → (None, theorem)."""
+    from services.leantext import blank_comments_and_strings, first_declaration_offset
+
+    offset = first_declaration_offset(text)
+    if offset is None:
+        return None, text
+    before = blank_comments_and_strings(text[:offset])
+    if not before.strip():
+        return None, text
+    # Keep a doc comment that sits right above the theorem with the theorem.
+    cut = offset
+    doc = text.rfind("/--", 0, offset)
+    if doc != -1 and not blank_comments_and_strings(text[doc:offset]).strip():
+        cut = doc
+    return text[:cut].strip() or None, text[cut:]
+
+
+def _fail(response: Any) -> int:
+    try:
+        error = response.json()["error"]
+        print(
+            f"error {response.status_code}: {error['message']}"
+            + (f" (param: {error['param']})" if error.get("param") else ""),
+            file=sys.stderr,
+        )
+    except Exception:
+        print(f"error {response.status_code}: {response.text[:500]}", file=sys.stderr)
+    return 2
+
+
+def cmd_prove(args: argparse.Namespace) -> int:
+    header, statement = split_lean_file(_read_input(args.file))
+    body: dict[str, Any] = {"formal_statement": statement}
+    if header:
+        body["header"] = header
+    for name in ("rounds", "attempts", "top_k", "prompt_profile", "lean_version"):
+        if getattr(args, name) is not None:
+            body[name] = getattr(args, name)
+    with _client(args) as client:
+        response = client.post("/v1/prove", json=body)
+        if response.status_code not in (200, 202):
+            return _fail(response)
+        job = response.json()
+        print(f"job {job['id']}: {job['status']}", file=sys.stderr)
+        try:
+            _follow(client, job["id"])
+        except KeyboardInterrupt:
+            client.delete(f"/v1/prove/{job['id']}")
+            print(f"job {job['id']}: cancelled", file=sys.stderr)
+            return 130
+        job = client.get(f"/v1/prove/{job['id']}").json()
+    return _report(job)
+
+
+def _follow(client: Any, job_id: str) -> None:
+    """Print progress from the job's event stream until it ends (reconnecting with Last-Event-ID)."""
+    last_id: str | None = None
+    while True:
+        headers = {"Last-Event-ID": last_id} if last_id else {}
+        try:
+            with client.stream("GET", f"/v1/prove/{job_id}/events", headers=headers) as stream:
+                event: dict[str, str] = {}
+                for line in stream.iter_lines():
+                    if line.startswith(":"):
+                        continue
+                    if line:
+                        field, _, value = line.partition(":")
+                        event[field] = value.lstrip(" ")
+                        continue
+                    if "id" in event:
+                        last_id = event["id"]
+                    if _print_event(event):
+                        return
+                    event = {}
+        except Exception as exc:  # a dropped stream: resume where it stopped
+            if type(exc).__name__ not in {"RemoteProtocolError", "ReadError", "ConnectError", "ReadTimeout"}:
+                raise
+            time.sleep(1)
+
+
+def _print_event(event: dict[str, str]) -> bool:
+    kind = event.get("event", "message")
+    data = json.loads(event.get("data", "{}") or "{}")
+    if kind == "attempt.generated":
+        verdict = data.get("verdict")
+        print(
+            f"  chain {data['chain']} round {data['round']}: generated" + (f" ({verdict})" if verdict else ""),
+            file=sys.stderr,
+        )
+    elif kind == "attempt.verified":
+        print(f"  chain {data['chain']} round {data['round']}: {data['verdict']}", file=sys.stderr)
+    elif kind == "round.retrying":
+        print(f"  chain {data['chain']} round {data['round']}: retrying ({data['error']})", file=sys.stderr)
+    return (kind.startswith("job.") and kind not in ("job.created", "job.running")) or kind == "error"
+
+
+def _report(job: dict[str, Any]) -> int:
+    print(f"job {job['id']}: {job['status']} after {job['usage']['generations']} generation(s)", file=sys.stderr)
+    if job["status"] == "proved":
+        print(job["proof"])
+        return 0
+    if job.get("error"):
+        print(f"error: {job['error']}", file=sys.stderr)
+    last = job["attempts"][-1] if job["attempts"] else None
+    if last and last.get("feedback"):
+        print(
+            f"last feedback (chain {last['chain']} round {last['round']}, {last['verdict']}):\n{last['feedback']}",
+            file=sys.stderr,
+        )
+    return 1
+
+
+def cmd_verify(args: argparse.Namespace) -> int:
+    header, code = split_lean_file(_read_input(args.file))
+    body: dict[str, Any] = {"code": code}
+    if header:
+        body["header"] = header
+    if args.statement:
+        body["formal_statement"] = _read_input(args.statement)
+    with _client(args) as client:
+        response = client.post("/v1/verify", json=body)
+    if response.status_code != 200:
+        return _fail(response)
+    result = response.json()
+    print(f"verdict: {result['verdict']}" + (f" ({result['time_ms']} ms)" if "time_ms" in result else ""))
+    for message in result.get("messages", []):
+        pos = message.get("pos") or {}
+        print(f"  {message.get('severity')} {pos.get('line', '?')}:{pos.get('column', '?')}: {message.get('data')}")
+    if result.get("axioms") is not None:
+        print(f"axioms: {', '.join(result['axioms']) or '(none)'}")
+    return 0 if result["verdict"] == "pass" else 1
+
+
+def cmd_eval(args: argparse.Namespace) -> int:
+    """Submit every statement of a JSONL benchmark, wait for all, print the pass rate."""
+    problems = [json.loads(line) for line in Path(args.bench).read_text(encoding="utf-8").splitlines() if line.strip()]
+    if args.limit:
+        problems = problems[: args.limit]
+    results: dict[str, str] = {}
+    with _client(args) as client:
+        ids: dict[str, str] = {}
+        for index, problem in enumerate(problems):
+            name = problem.get("name", str(index))
+            body = {"formal_statement": problem["formal_statement"], "metadata": {"name": name}}
+            if problem.get("header"):
+                body["header"] = problem["header"]
+            for field in ("rounds", "attempts"):
+                if getattr(args, field) is not None:
+                    body[field] = getattr(args, field)
+            response = client.post("/v1/prove", json=body)
+            if response.status_code not in (200, 202):
+                results[name] = "rejected"
+                _fail(response)
+                continue
+            ids[name] = response.json()["id"]
+        pending = dict(ids)
+        while pending:
+            for name, job_id in list(pending.items()):
+                status = client.get(f"/v1/prove/{job_id}").json()["status"]
+                if status in ("proved", "failed", "cancelled", "error"):
+                    results[name] = status
+                    del pending[name]
+            if pending:
+                time.sleep(args.poll_s)
+    proved = sum(1 for status in results.values() if status == "proved")
+    for name in sorted(results):
+        print(f"{name}\t{results[name]}")
+    print(f"proved {proved} of {len(problems)} ({100 * proved / max(1, len(problems)):.1f}%)")
+    return 0
+
+
+# --- memory and Lean setup ------------------------------------------------------------------------------------------
+def cmd_memory(args: argparse.Namespace) -> int:
+    from services.memory import ProofMemory, export_proofs, import_proofs
+
+    _setup_logging(args.verbose)
+    memory = ProofMemory(_settings().qdrant)
+    try:
+        if args.action == "import":
+            summary = import_proofs(memory, Path(args.path))
+            print(summary)
+        elif args.action == "export":
+            print(f"exported {export_proofs(memory, Path(args.path))} proofs to {args.path}")
+        else:
+            print(json.dumps(memory.stats(), indent=2, default=str))
+    finally:
+        memory.close()
+    return 0
+
+
+def cmd_lean_setup(args: argparse.Namespace) -> int:
+    from services.lean.setup import setup_lean_project
+
+    return setup_lean_project(Path(args.dir), args.lean_version)
+
+
+# --- argument parsing -----------------------------------------------------------------------------------------------
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="oprover", description=__doc__)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    def client_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--url", default=os.environ.get("OPROVER_URL", DEFAULT_URL), help="gateway base URL")
+
+    def listen_args(p: argparse.ArgumentParser) -> None:
+        p.add_argument("--host", default="127.0.0.1")
+        p.add_argument("--port", type=int, default=8000)
+
+    p = sub.add_parser("serve", help="run the HTTP gateway")
+    listen_args(p)
+    p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("worker", help="run RQ workers: generate (model calls) or verify (Lean)")
+    p.add_argument("kind", choices=["generate", "verify"])
+    p.add_argument(
+        "--concurrency",
+        type=int,
+        default=None,
+        help="jobs in flight (default: OPROVER_GENERATOR_CONCURRENCY / one per REPL)",
+    )
+    p.add_argument(
+        "--no-memory",
+        action="store_true",
+        help="generate: do not open the memory (another process owns the embedded store)",
+    )
+    p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser("up", help="gateway + one worker of each kind on this machine")
+    listen_args(p)
+    p.set_defaults(func=cmd_up)
+
+    p = sub.add_parser("prove", help="submit a theorem (file or - for stdin), follow it, print the proof")
+    p.add_argument("file")
+    for name, kind in (
+        ("rounds", int),
+        ("attempts", int),
+        ("top-k", int),
+        ("prompt-profile", str),
+        ("lean-version", str),
+    ):
+        p.add_argument(f"--{name}", type=kind, default=None, dest=name.replace("-", "_"))
+    client_args(p)
+    p.set_defaults(func=cmd_prove)
+
+    p = sub.add_parser("verify", help="check a Lean file; exit 0 only if it passes")
+    p.add_argument("file")
+    p.add_argument("--statement", help="file holding the statement the code must prove")
+    client_args(p)
+    p.set_defaults(func=cmd_verify)
+
+    p = sub.add_parser("eval", help="prove every statement of a JSONL benchmark and report the pass rate")
+    p.add_argument("bench")
+    p.add_argument("--limit", type=int, default=None)
+    p.add_argument("--rounds", type=int, default=None)
+    p.add_argument("--attempts", type=int, default=None)
+    p.add_argument("--poll-s", type=float, default=2.0)
+    client_args(p)
+    p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("memory", help="the retrieval memory: import PATH | export PATH | stats")
+    p.add_argument("action", choices=["import", "export", "stats"])
+    p.add_argument("path", nargs="?")
+    p.set_defaults(func=cmd_memory)
+
+    p = sub.add_parser("lean", help="Lean toolchain helpers")
+    lean_sub = p.add_subparsers(dest="lean_command", required=True)
+    q = lean_sub.add_parser("setup", help="create the pinned Lean project (Mathlib + repl) in DIR")
+    q.add_argument("dir")
+    q.add_argument("--lean-version", default="v4.15.0")
+    q.set_defaults(func=cmd_lean_setup)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if getattr(args, "action", None) in ("import", "export") and not args.path:
+        parser.error(f"memory {args.action} needs a PATH")
+    return int(args.func(args) or 0)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,119 @@
+"""`/healthz` (this process is alive), `/readyz` (everything a proof needs is reachable), `/metrics`."""
+
+from __future__ import annotations
+
+import json
+import logging
+from typing import Any
+
+import httpx
+from fastapi import APIRouter
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse, Response
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client.core import GaugeMetricFamily
+from rq import Worker
+
+from api.deps import Gateway, GatewayDep
+from services import keys
+
+logger = logging.getLogger(__name__)
+router = APIRouter(tags=["health"])
+
+
+@router.get("/healthz")
+async def healthz() -> dict[str, str]:
+    return {"status": "ok"}
+
+
+def _workers(gateway: Gateway) -> dict[str, int]:
+    counts = {keys.GENERATE_QUEUE: 0, keys.VERIFY_QUEUE: 0, keys.MEMORY_QUEUE: 0}
+    for worker in Worker.all(connection=gateway.redis):
+        for name in worker.queue_names():
+            if name in counts:
+                counts[name] += 1
+    return counts
+
+
+def _lean_workers(gateway: Gateway) -> list[dict[str, Any]]:
+    found = []
+    for key in gateway.redis.scan_iter(match=keys.lean_worker_key("*"), count=100):
+        raw = gateway.redis.get(key)
+        if raw:
+            found.append(json.loads(raw))
+    return found
+
+
+def _generator(gateway: Gateway) -> dict[str, Any]:
+    """Reachability of the model server: its /health when it has one (SGLang, vLLM), else /v1/models."""
+    url = gateway.settings.generator.url
+    if url is None:
+        return {"ok": False, "error": "OPROVER_GENERATOR_URL is not set"}
+    base = str(url).rstrip("/")
+    root = base[: -len("/v1")] if base.endswith("/v1") else base
+    headers = {}
+    if gateway.settings.generator.api_key:
+        headers["Authorization"] = f"Bearer {gateway.settings.generator.api_key}"
+    try:
+        with httpx.Client(timeout=3.0, headers=headers) as client:
+            health = client.get(f"{root}/health")
+            if health.status_code == 200:
+                return {"ok": True, "url": base}
+            models = client.get(f"{base}/models")
+            if models.status_code == 200:
+                return {"ok": True, "url": base}
+            return {"ok": False, "url": base, "error": f"HTTP {models.status_code} from /models"}
+    except httpx.HTTPError as exc:
+        return {"ok": False, "url": base, "error": f"{type(exc).__name__}: {exc}"}
+
+
+def readiness(gateway: Gateway) -> dict[str, Any]:
+    checks: dict[str, Any] = {}
+    try:
+        gateway.redis.ping()
+        checks["redis"] = {"ok": True}
+    except Exception as exc:
+        checks["redis"] = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
+        return {"status": "unavailable", "checks": checks}
+    workers = _workers(gateway)
+    checks["generate_workers"] = {"ok": workers[keys.GENERATE_QUEUE] > 0, "count": workers[keys.GENERATE_QUEUE]}
+    checks["verify_workers"] = {"ok": workers[keys.VERIFY_QUEUE] > 0, "count": workers[keys.VERIFY_QUEUE]}
+    checks["memory_worker"] = {"ok": workers[keys.MEMORY_QUEUE] > 0, "count": workers[keys.MEMORY_QUEUE]}
+    lean = _lean_workers(gateway)
+    checks["lean"] = {"ok": bool(lean), "workers": lean}
+    checks["generator"] = _generator(gateway)
+    ok = all(check["ok"] for check in checks.values())
+    return {"status": "ready" if ok else "unavailable", "checks": checks}
+
+
+@router.get("/readyz")
+async def readyz(gateway: GatewayDep) -> JSONResponse:
+    report = await run_in_threadpool(readiness, gateway)
+    return JSONResponse(report, status_code=200 if report["status"] == "ready" else 503)
+
+
+class _QueueCollector:
+    """Queue depths and worker counts, read from Redis at scrape time."""
+
+    def __init__(self, gateway: Gateway) -> None:
+        self.gateway = gateway
+
+    def collect(self) -> Any:
+        depth = GaugeMetricFamily("oprover_queue_jobs", "RQ jobs waiting per queue", labels=["queue"])
+        running = GaugeMetricFamily("oprover_queue_running", "RQ jobs running per queue", labels=["queue"])
+        workers = GaugeMetricFamily("oprover_workers", "RQ workers listening per queue", labels=["queue"])
+        per_queue = _workers(self.gateway)
+        for name in per_queue:
+            queue = self.gateway.dispatch.queue(name)
+            depth.add_metric([name], queue.count)
+            running.add_metric([name], queue.started_job_registry.count)
+            workers.add_metric([name], per_queue[name])
+        yield from (depth, running, workers)
+
+
+@router.get("/metrics")
+async def metrics(gateway: GatewayDep) -> Response:
+    registry = CollectorRegistry()
+    registry.register(_QueueCollector(gateway))  # type: ignore[arg-type]
+    body = await run_in_threadpool(generate_latest, registry)
+    return Response(body, media_type=CONTENT_TYPE_LATEST)

@@ -1,0 +1,67 @@
+"""Request and response models of the public HTTP API (DESIGN §3).
+
+Unknown fields are accepted and logged, not rejected (clients send extras; OpenAI's clients do too).
+Bounds that depend on the deployment (largest `rounds`, `attempts`) are checked by the service, which names
+the field in its error.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field, model_validator
+
+logger = logging.getLogger(__name__)
+
+
+class _Lenient(BaseModel):
+    model_config = ConfigDict(extra="allow")
+
+    @model_validator(mode="after")
+    def _log_extras(self) -> _Lenient:
+        if self.model_extra:
+            logger.info("%s: ignoring unknown fields %s", type(self).__name__, sorted(self.model_extra))
+        return self
+
+
+class SamplingParams(_Lenient):
+    temperature: float | None = Field(None, ge=0, le=2)
+    top_p: float | None = Field(None, gt=0, le=1)
+    max_tokens: int | None = Field(None, ge=1, le=262_144)
+
+
+class ProveRequest(_Lenient):
+    formal_statement: str = Field(
+        ..., description="A Lean 4 `theorem`/`lemma` ending in `:= by sorry`, `:= by` or `:=`."
+    )
+    header: str | None = Field(None, description="Imports/opens/options; default: the deployment's Lean header.")
+    informal_statement: str | None = None
+    rounds: int | None = Field(None, ge=1, description="Rounds per chain (revisions after Lean's feedback).")
+    attempts: int | None = Field(None, ge=1, description="Independent chains (pass@k).")
+    top_k: int | None = Field(None, ge=0, le=32, description="Verified proofs retrieved into each prompt.")
+    sampling: SamplingParams | None = None
+    prompt_profile: str | None = Field(None, description="Prompt profile; default: the deployment's.")
+    lean_version: str | None = Field(None, description="Lean version to check with; default: the deployment's.")
+    metadata: dict[str, Any] | None = Field(None, description="Kept on the job and returned as is.")
+
+
+class VerifyRequest(_Lenient):
+    code: str = Field(..., description="Lean 4 code to check.")
+    header: str | None = None
+    formal_statement: str | None = Field(
+        None, description="If given, the code must prove exactly this statement (it is imposed, not trusted)."
+    )
+    lean_version: str | None = None
+    timeout_s: float | None = Field(None, gt=0, le=3600)
+
+
+class ErrorBody(BaseModel):
+    message: str
+    type: str
+    param: str | None = None
+    code: str | None = None
+
+
+class ErrorResponse(BaseModel):
+    error: ErrorBody

@@ -1,0 +1,204 @@
+"""`/v1/prove`: submit a proof job, read it, stream its events, cancel it.
+
+Routes parse and map; `ProveService` holds the semantics (defaults, bounds, enqueueing, waiting).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections.abc import AsyncIterator
+from typing import Annotated, Any
+
+from fastapi import APIRouter, Depends, Header, Query, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.responses import JSONResponse
+from fastapi.sse import EventSourceResponse, ServerSentEvent
+
+from api.deps import Gateway, GatewayDep, require_api_key
+from api.protocol import ErrorResponse, ProveRequest
+from services import keys
+from services.domain import TERMINAL_STATUSES, JobStatus
+from services.errors import RequestError
+from services.leantext import parse_statement
+from services.store import JobSpec, read_events_async
+
+logger = logging.getLogger(__name__)
+
+_TERMINAL_EVENTS = {f"job.{status.value}" for status in TERMINAL_STATUSES}
+# One blocking read on the event stream waits at most this long, so a gone client or job is noticed.
+_EVENT_BLOCK_MS = 10_000
+
+
+class ProveService:
+    def __init__(self, gateway: Gateway) -> None:
+        self.gw = gateway
+        self.settings = gateway.settings
+
+    def build_spec(self, req: ProveRequest) -> JobSpec:
+        prove = self.settings.prove
+        if len(req.formal_statement) > prove.max_statement_chars:
+            raise RequestError(
+                f"formal_statement is longer than {prove.max_statement_chars} characters",
+                param="formal_statement",
+                code="too_long",
+            )
+        parse_statement(req.formal_statement)
+        rounds = req.rounds if req.rounds is not None else prove.rounds
+        attempts = req.attempts if req.attempts is not None else prove.attempts
+        if rounds > prove.max_rounds:
+            raise RequestError(f"rounds must be at most {prove.max_rounds}", param="rounds", code="out_of_range")
+        if attempts > prove.max_attempts:
+            raise RequestError(f"attempts must be at most {prove.max_attempts}", param="attempts", code="out_of_range")
+        header = req.header if req.header is not None and req.header.strip() else self.settings.lean.header
+        if len(header) > prove.max_statement_chars:
+            raise RequestError("header is too long", param="header", code="too_long")
+        profile = self._profile(req.prompt_profile)
+        lean_version = self.resolve_lean_version(req.lean_version)
+        sampling = req.sampling
+        return JobSpec(
+            formal_statement=req.formal_statement,
+            header=header,
+            rounds=rounds,
+            attempts=attempts,
+            top_k=req.top_k if req.top_k is not None else self.settings.qdrant.top_k,
+            temperature=sampling.temperature if sampling and sampling.temperature is not None else prove.temperature,
+            top_p=sampling.top_p if sampling and sampling.top_p is not None else prove.top_p,
+            max_tokens=sampling.max_tokens if sampling and sampling.max_tokens is not None else prove.max_tokens,
+            informal_statement=req.informal_statement,
+            prompt_profile=profile,
+            lean_version=lean_version,
+            metadata=req.metadata or {},
+        )
+
+    def _profile(self, name: str | None) -> str:
+        from services.prompts import load_profile
+
+        chosen = name or self.settings.prompt.profile
+        try:
+            load_profile(chosen, extra_dir=self.settings.prompt.dir)
+        except RequestError as exc:
+            raise RequestError(exc.message, param="prompt_profile", code="unknown_prompt_profile") from None
+        return chosen
+
+    def lean_versions(self) -> dict[str, dict[str, Any]]:
+        """Lean versions served right now, from what live verify workers announce, plus the default."""
+        versions: dict[str, dict[str, Any]] = {self.settings.lean.version: {"default": True, "workers": 0}}
+        for key in self.gw.redis.scan_iter(match=keys.lean_worker_key("*"), count=100):
+            raw = self.gw.redis.get(key)
+            if raw:
+                info = json.loads(raw)
+                entry = versions.setdefault(info["version"], {"default": False, "workers": 0})
+                entry["workers"] += 1
+                entry.update({k: v for k, v in info.items() if k in ("lean", "mathlib", "repl")})
+        return versions
+
+    def resolve_lean_version(self, requested: str | None) -> str | None:
+        if requested is None or requested == self.settings.lean.version:
+            return None
+        available = self.lean_versions()
+        if requested not in available:
+            raise RequestError(
+                f"lean_version {requested!r} is not served here; available: {', '.join(sorted(available))}",
+                param="lean_version",
+                code="unknown_lean_version",
+            )
+        return requested
+
+    def submit(self, req: ProveRequest) -> str:
+        spec = self.build_spec(req)
+        job_id = self.gw.store.create(spec)
+        self.gw.dispatch.start_job(job_id, spec.attempts)
+        return job_id
+
+    async def wait_finished(self, job_id: str, wait_s: float) -> bool:
+        """Follow the job's events until it is terminal or `wait_s` passes; True if it finished."""
+        deadline = time.monotonic() + wait_s
+        after = "0-0"
+        while True:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                return False
+            events = await read_events_async(
+                self.gw.aredis, job_id, after, block_ms=max(1, int(min(remaining, 10) * 1000))
+            )
+            for event in events:
+                after = event.id
+                if event.type in _TERMINAL_EVENTS:
+                    return True
+
+    def cancel(self, job_id: str) -> dict[str, Any]:
+        job = self.gw.store.get(job_id)
+        if job["status"] in {s.value for s in TERMINAL_STATUSES}:
+            if job["status"] == JobStatus.CANCELLED.value:
+                return job
+            raise RequestError(f"job {job_id} already ended as {job['status']}", param="id", code="already_finished")
+        if self.gw.store.cancel(job_id):
+            spec = self.gw.store.spec(job_id)
+            self.gw.dispatch.drop_pending(job_id, spec.attempts, spec.rounds)
+        return self.gw.store.get(job_id)
+
+
+def get_service(gateway: GatewayDep) -> ProveService:
+    return ProveService(gateway)
+
+
+ServiceDep = Annotated[ProveService, Depends(get_service)]
+_ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorResponse} for code in (400, 401, 404, 503)}
+
+router = APIRouter(prefix="/v1/prove", tags=["prove"], dependencies=[Depends(require_api_key)], responses=_ERRORS)
+
+
+@router.post("", status_code=202)
+async def submit(
+    body: ProveRequest,
+    service: ServiceDep,
+    wait: Annotated[float | None, Query(ge=0, description="Seconds to wait for the job to finish.")] = None,
+) -> JSONResponse:
+    if wait is not None and wait > service.settings.api.max_wait_s:
+        raise RequestError(f"wait must be at most {service.settings.api.max_wait_s} seconds", param="wait")
+    job_id = await run_in_threadpool(service.submit, body)
+    finished = bool(wait) and await service.wait_finished(job_id, wait or 0)
+    job = await run_in_threadpool(service.gw.store.get, job_id)
+    return JSONResponse(job, status_code=200 if finished else 202, headers={"Location": f"/v1/prove/{job_id}"})
+
+
+@router.get("/{job_id}")
+async def read(job_id: str, service: ServiceDep) -> dict[str, Any]:
+    return await run_in_threadpool(service.gw.store.get, job_id)
+
+
+@router.delete("/{job_id}")
+async def cancel(job_id: str, service: ServiceDep) -> dict[str, Any]:
+    return await run_in_threadpool(service.cancel, job_id)
+
+
+async def existing_job(job_id: str, service: ServiceDep) -> str:
+    """A dependency, so that an unknown id is a 404 before a stream starts."""
+    await run_in_threadpool(service.gw.store.spec, job_id)
+    return job_id
+
+
+@router.get("/{job_id}/events", response_class=EventSourceResponse)
+async def events(
+    job_id: Annotated[str, Depends(existing_job)],
+    request: Request,
+    service: ServiceDep,
+    last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
+) -> AsyncIterator[ServerSentEvent]:
+    """One event per state change, ending after the terminal one; resume with `Last-Event-ID`."""
+    after = last_event_id or "0-0"
+    while True:
+        events = await read_events_async(service.gw.aredis, job_id, after, block_ms=_EVENT_BLOCK_MS)
+        for event in events:
+            after = event.id
+            yield ServerSentEvent(id=event.id, event=event.type, data=event.data)
+            if event.type in _TERMINAL_EVENTS:
+                return
+        if not events:
+            if await request.is_disconnected():
+                return
+            if await service.gw.aredis.exists(keys.job_key(job_id)) == 0:
+                yield ServerSentEvent(event="error", data={"error": {"message": "job expired", "type": "not_found"}})
+                return

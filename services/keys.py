@@ -1,0 +1,91 @@
+"""Every Redis key shape and lifetime of oprover-serve, in one place.
+
+RQ keeps its own keys under `rq:`; ours live under `oprover:`. A proof job's keys all carry its id in
+braces (`{id}`) so that, on Redis Cluster, one job's keys share a hash slot and its Lua scripts stay legal.
+"""
+
+from __future__ import annotations
+
+PREFIX = "oprover"
+
+# --- per proof job ------------------------------------------------------------------------------------------
+# Hash: status, request (JSON), proof, error, timestamps, chain bookkeeping.
+JOB = PREFIX + ":job:{{{job_id}}}"
+# Hash: "chain:round" -> attempt JSON (code, verdict, feedback, usage, timings ...).
+ATTEMPTS = PREFIX + ":job:{{{job_id}}}:attempts"
+# Stream: one entry per state change; SSE clients resume with Last-Event-ID = the entry id.
+EVENTS = PREFIX + ":job:{{{job_id}}}:events"
+# String (SET NX): the first worker to claim "stage:chain:round" does it; a duplicate or retried RQ job sees
+# the claim and does not enqueue the next step twice.
+CLAIM = PREFIX + ":job:{{{job_id}}}:claim:{step}"
+
+# Sorted set of all job ids by creation time (for listing and for the stale-job sweep).
+JOBS_BY_TIME = PREFIX + ":jobs"
+
+# --- verify requests (POST /v1/verify) ---------------------------------------------------------------------
+# List: the JSON result of a one-off verification, pushed by the verify worker, BLPOPped by the gateway.
+VERIFY_RESULT = PREFIX + ":verify:{request_id}"
+
+# --- workers -------------------------------------------------------------------------------------------------
+# Hash: what a verify worker serves (Lean, Mathlib, repl revisions), refreshed while it lives.
+LEAN_WORKER = PREFIX + ":lean-worker:{name}"
+
+# --- lifetimes (seconds) ---------------------------------------------------------------------------------------
+# A finished job stays readable this long by default (ProveSettings.job_ttl_s overrides): clients poll and
+# resume event streams well within a week, and audits want the attempts afterwards.
+JOB_TTL_S = 7 * 24 * 3600
+# An unfinished job's keys carry a long safety TTL so a job orphaned by a lost Redis write cannot live forever;
+# it is far above any round's timeout times the largest rounds x attempts.
+ACTIVE_JOB_TTL_S = 3 * 24 * 3600
+# Events: bounded length so a very long job cannot grow its stream without limit (approximate trim).
+EVENTS_MAXLEN = 10_000
+# A claim only needs to outlive the retries of its RQ job.
+CLAIM_TTL_S = 24 * 3600
+# A /v1/verify result is read by the waiting gateway within its timeout; an hour covers retries of slow clients.
+VERIFY_RESULT_TTL_S = 3600
+# A verify worker re-announces itself more often than this; a dead one disappears from /readyz afterwards.
+LEAN_WORKER_TTL_S = 60
+
+# --- RQ queue names --------------------------------------------------------------------------------------------
+GENERATE_QUEUE = "generate"
+VERIFY_QUEUE = "verify"  # the deployment's default Lean version; others are "verify-<version>"
+MEMORY_QUEUE = "memory"
+
+
+def job_key(job_id: str) -> str:
+    return JOB.format(job_id=job_id)
+
+
+def attempts_key(job_id: str) -> str:
+    return ATTEMPTS.format(job_id=job_id)
+
+
+def events_key(job_id: str) -> str:
+    return EVENTS.format(job_id=job_id)
+
+
+def claim_key(job_id: str, step: str) -> str:
+    return CLAIM.format(job_id=job_id, step=step)
+
+
+def verify_result_key(request_id: str) -> str:
+    return VERIFY_RESULT.format(request_id=request_id)
+
+
+def lean_worker_key(name: str) -> str:
+    return LEAN_WORKER.format(name=name)
+
+
+def verify_queue(lean_version: str | None, default_version: str) -> str:
+    """Verify jobs route to one queue per Lean version; the deployment's default keeps the plain name."""
+    if not lean_version or lean_version == default_version:
+        return VERIFY_QUEUE
+    return f"{VERIFY_QUEUE}-{lean_version}"
+
+
+def rq_job_id(job_id: str, chain: int, round_: int, stage: str) -> str:
+    """Deterministic RQ job id of one stage of one round, e.g. `prf_ab12-c0-r2-gen`.
+
+    RQ 3 accepts only letters, digits, `_` and `-` in job ids, so not the `{job}:{chain}:{round}:gen` of DESIGN §2.
+    """
+    return f"{job_id}-c{chain}-r{round_}-{stage}"

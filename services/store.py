@@ -1,0 +1,316 @@
+"""The proof-job store: job records, attempts, status transitions and event streams in Redis.
+
+A job moves `queued → running → proved | failed | cancelled | error`. Each terminal transition is a Lua
+script that succeeds only if the job is not already terminal, so the first chain to pass wins, a late
+verdict cannot overwrite a cancellation, and exactly one event announces the end. Every transition appends
+an event to the job's stream (Redis Streams), which the gateway turns into resumable Server-Sent Events.
+
+Workers use the synchronous `JobStore`; the gateway calls it through a thread pool, except for blocking
+event reads, which use `read_events_async` on the asyncio Redis client.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import secrets
+import time
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import redis
+import redis.asyncio
+
+from services import keys
+from services.domain import TERMINAL_STATUSES, JobStatus
+from services.errors import NotFound
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    """What was asked: the validated request, as the workers read it."""
+
+    formal_statement: str
+    header: str
+    rounds: int
+    attempts: int
+    top_k: int
+    temperature: float
+    top_p: float
+    max_tokens: int
+    informal_statement: str | None = None
+    prompt_profile: str | None = None
+    lean_version: str | None = None
+    metadata: dict[str, Any] = field(default_factory=dict)
+
+    def to_json(self) -> str:
+        return json.dumps(asdict(self), ensure_ascii=False)
+
+    @classmethod
+    def from_json(cls, raw: str | bytes) -> JobSpec:
+        return cls(**json.loads(raw))
+
+
+@dataclass(frozen=True)
+class Event:
+    id: str  # the stream entry id, usable as Last-Event-ID
+    type: str
+    data: dict[str, Any]
+
+
+def new_job_id() -> str:
+    return "prf_" + secrets.token_hex(12)
+
+
+# Lua: set a terminal status unless the job already has one. KEYS: job, events, attempts.
+# ARGV: status, event type, event data (JSON), ttl, events maxlen, then field/value pairs for the job hash.
+_FINISH = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status then return -1 end
+if status == 'proved' or status == 'failed' or status == 'cancelled' or status == 'error' then return 0 end
+redis.call('HSET', KEYS[1], 'status', ARGV[1])
+for i = 6, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '*', 'type', ARGV[2], 'data', ARGV[3])
+local ttl = tonumber(ARGV[4])
+redis.call('EXPIRE', KEYS[1], ttl)
+redis.call('EXPIRE', KEYS[2], ttl)
+redis.call('EXPIRE', KEYS[3], ttl)
+return 1
+"""
+
+# Lua: queued → running (first round started). KEYS: job, events. ARGV: now, event data.
+_START = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if status ~= 'queued' then return 0 end
+redis.call('HSET', KEYS[1], 'status', 'running', 'started_at', ARGV[1])
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'type', 'job.running', 'data', ARGV[2])
+return 1
+"""
+
+# Lua: one chain ended without a proof; the last one to end fails the job.
+# KEYS: job, events, attempts. ARGV: now, ttl, event data for job.failed, maxlen.
+_CHAIN_ENDED = """
+local status = redis.call('HGET', KEYS[1], 'status')
+if not status then return -1 end
+if status == 'proved' or status == 'failed' or status == 'cancelled' or status == 'error' then return 0 end
+local live = redis.call('HINCRBY', KEYS[1], 'chains_live', -1)
+if live > 0 then return 1 end
+redis.call('HSET', KEYS[1], 'status', 'failed', 'finished_at', ARGV[1])
+redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[4], '*', 'type', 'job.failed', 'data', ARGV[3])
+local ttl = tonumber(ARGV[2])
+redis.call('EXPIRE', KEYS[1], ttl)
+redis.call('EXPIRE', KEYS[2], ttl)
+redis.call('EXPIRE', KEYS[3], ttl)
+return 2
+"""
+
+
+class JobStore:
+    def __init__(self, client: redis.Redis, *, job_ttl_s: int = keys.JOB_TTL_S) -> None:
+        self.redis = client
+        self.job_ttl_s = job_ttl_s
+        self._finish = client.register_script(_FINISH)
+        self._start = client.register_script(_START)
+        self._chain_ended = client.register_script(_CHAIN_ENDED)
+
+    # --- creation and reading ----------------------------------------------------------------------------
+    def create(self, spec: JobSpec, *, job_id: str | None = None) -> str:
+        job_id = job_id or new_job_id()
+        now = time.time()
+        with self.redis.pipeline() as pipe:
+            pipe.hset(
+                keys.job_key(job_id),
+                mapping={
+                    "id": job_id,
+                    "status": JobStatus.QUEUED.value,
+                    "spec": spec.to_json(),
+                    "created_at": repr(now),
+                    "chains_live": spec.attempts,
+                    "generations": 0,
+                    "prompt_tokens": 0,
+                    "completion_tokens": 0,
+                },
+            )
+            pipe.expire(keys.job_key(job_id), keys.ACTIVE_JOB_TTL_S)
+            self._event(pipe, job_id, "job.created", {"status": "queued"})
+            pipe.expire(keys.events_key(job_id), keys.ACTIVE_JOB_TTL_S)
+            pipe.zadd(keys.JOBS_BY_TIME, {job_id: now})
+            pipe.execute()
+        logger.info("job %s: created (%d chains x %d rounds)", job_id, spec.attempts, spec.rounds)
+        return job_id
+
+    def spec(self, job_id: str) -> JobSpec:
+        raw = self.redis.hget(keys.job_key(job_id), "spec")
+        if raw is None:
+            raise NotFound(f"no proof job {job_id!r} (unknown or expired)", param="id")
+        return JobSpec.from_json(raw)
+
+    def status(self, job_id: str) -> JobStatus | None:
+        raw = self.redis.hget(keys.job_key(job_id), "status")
+        return JobStatus(raw.decode() if isinstance(raw, bytes) else raw) if raw is not None else None
+
+    def is_finished(self, job_id: str) -> bool:
+        """True once the job is terminal (or gone): the cooperative cancellation flag every round checks."""
+        status = self.status(job_id)
+        return status is None or status in TERMINAL_STATUSES
+
+    def get(self, job_id: str) -> dict[str, Any]:
+        """The job object of DESIGN §3."""
+        with self.redis.pipeline() as pipe:
+            pipe.hgetall(keys.job_key(job_id))
+            pipe.hgetall(keys.attempts_key(job_id))
+            record, attempts_raw = pipe.execute()
+        if not record:
+            raise NotFound(f"no proof job {job_id!r} (unknown or expired)", param="id")
+        rec = {_text(k): _text(v) for k, v in record.items()}
+        spec = JobSpec.from_json(rec["spec"])
+        attempts = sorted((json.loads(v) for v in attempts_raw.values()), key=lambda a: (a["chain"], a["round"]))
+        return {
+            "id": rec["id"],
+            "object": "proof_job",
+            "status": rec["status"],
+            "formal_statement": spec.formal_statement,
+            "header": spec.header,
+            "proof": rec.get("proof"),
+            "proved_by": json.loads(rec["proved_by"]) if rec.get("proved_by") else None,
+            "attempts": attempts,
+            "usage": {
+                "generations": int(rec.get("generations", 0)),
+                "prompt_tokens": int(rec.get("prompt_tokens", 0)),
+                "completion_tokens": int(rec.get("completion_tokens", 0)),
+            },
+            "config": {
+                "rounds": spec.rounds,
+                "attempts": spec.attempts,
+                "top_k": spec.top_k,
+                "prompt_profile": spec.prompt_profile,
+                "lean_version": spec.lean_version,
+                "sampling": {
+                    "temperature": spec.temperature,
+                    "top_p": spec.top_p,
+                    "max_tokens": spec.max_tokens,
+                },
+            },
+            "lean": json.loads(rec["lean"]) if rec.get("lean") else None,
+            "metadata": spec.metadata,
+            "created_at": float(rec["created_at"]),
+            "started_at": float(rec["started_at"]) if rec.get("started_at") else None,
+            "finished_at": float(rec["finished_at"]) if rec.get("finished_at") else None,
+            "error": rec.get("error"),
+        }
+
+    # --- attempts ------------------------------------------------------------------------------------------
+    def attempt(self, job_id: str, chain: int, round_: int) -> dict[str, Any] | None:
+        raw = self.redis.hget(keys.attempts_key(job_id), f"{chain}:{round_}")
+        return json.loads(raw) if raw else None
+
+    def put_attempt(
+        self, job_id: str, attempt: dict[str, Any], *, event: str, usage: dict[str, int] | None = None
+    ) -> None:
+        """Write (or rewrite) one attempt and announce it. Only one stage owns an attempt at a time."""
+        chain, round_ = attempt["chain"], attempt["round"]
+        with self.redis.pipeline() as pipe:
+            pipe.hset(keys.attempts_key(job_id), f"{chain}:{round_}", json.dumps(attempt, ensure_ascii=False))
+            pipe.expire(keys.attempts_key(job_id), keys.ACTIVE_JOB_TTL_S)
+            if usage is not None:
+                pipe.hincrby(keys.job_key(job_id), "generations", 1)
+                pipe.hincrby(keys.job_key(job_id), "prompt_tokens", int(usage.get("prompt_tokens", 0)))
+                pipe.hincrby(keys.job_key(job_id), "completion_tokens", int(usage.get("completion_tokens", 0)))
+            summary = {k: attempt.get(k) for k in ("chain", "round", "verdict")}
+            self._event(pipe, job_id, event, summary)
+            pipe.execute()
+
+    def claim(self, job_id: str, step: str) -> bool:
+        """True for the first caller only: makes a retried or duplicated RQ job harmless."""
+        return bool(self.redis.set(keys.claim_key(job_id, step), "1", nx=True, ex=keys.CLAIM_TTL_S))
+
+    def set_lean(self, job_id: str, versions: dict[str, str]) -> None:
+        self.redis.hset(keys.job_key(job_id), "lean", json.dumps(versions))
+
+    # --- transitions ---------------------------------------------------------------------------------------
+    def mark_running(self, job_id: str) -> bool:
+        return bool(
+            self._start(
+                keys=[keys.job_key(job_id), keys.events_key(job_id)],
+                args=[repr(time.time()), json.dumps({"status": "running"}), keys.EVENTS_MAXLEN],
+            )
+        )
+
+    def finish_proved(self, job_id: str, *, chain: int, round_: int, proof: str) -> bool:
+        return self._terminal(
+            job_id,
+            JobStatus.PROVED,
+            {"chain": chain, "round": round_},
+            proof=proof,
+            proved_by=json.dumps({"chain": chain, "round": round_}),
+        )
+
+    def cancel(self, job_id: str) -> bool:
+        return self._terminal(job_id, JobStatus.CANCELLED, {})
+
+    def fail_with_error(self, job_id: str, error: str) -> bool:
+        return self._terminal(job_id, JobStatus.ERROR, {"error": error}, error=error)
+
+    def chain_ended(self, job_id: str, chain: int) -> bool:
+        """Record that `chain` is exhausted; returns True if that made the whole job `failed`."""
+        result = self._chain_ended(
+            keys=[keys.job_key(job_id), keys.events_key(job_id), keys.attempts_key(job_id)],
+            args=[repr(time.time()), self.job_ttl_s, json.dumps({"status": "failed"}), keys.EVENTS_MAXLEN],
+        )
+        if result == 2:
+            logger.info("job %s: failed (every chain exhausted; chain %d was last)", job_id, chain)
+        return result == 2
+
+    def _terminal(self, job_id: str, status: JobStatus, data: dict[str, Any], **fields: str) -> bool:
+        event = json.dumps({"status": status.value, **data})
+        args: list[Any] = [status.value, f"job.{status.value}", event, self.job_ttl_s, keys.EVENTS_MAXLEN]
+        args += ["finished_at", repr(time.time())]
+        for name, value in fields.items():
+            args += [name, value]
+        result = self._finish(
+            keys=[keys.job_key(job_id), keys.events_key(job_id), keys.attempts_key(job_id)], args=args
+        )
+        if result == -1:
+            raise NotFound(f"no proof job {job_id!r} (unknown or expired)", param="id")
+        if result == 1:
+            logger.info("job %s: %s", job_id, status.value)
+        return result == 1
+
+    # --- events ----------------------------------------------------------------------------------------------
+    def event(self, job_id: str, type_: str, data: dict[str, Any]) -> None:
+        with self.redis.pipeline() as pipe:
+            self._event(pipe, job_id, type_, data)
+            pipe.execute()
+
+    @staticmethod
+    def _event(pipe: Any, job_id: str, type_: str, data: dict[str, Any]) -> None:
+        pipe.xadd(
+            keys.events_key(job_id),
+            {"type": type_, "data": json.dumps(data, ensure_ascii=False)},
+            maxlen=keys.EVENTS_MAXLEN,
+            approximate=True,
+        )
+
+    def events(self, job_id: str, after: str = "0-0", *, block_ms: int | None = None) -> list[Event]:
+        reply = self.redis.xread({keys.events_key(job_id): after}, block=block_ms, count=1000)
+        return _parse_events(reply)
+
+
+async def read_events_async(client: redis.asyncio.Redis, job_id: str, after: str, *, block_ms: int) -> list[Event]:
+    reply = await client.xread({keys.events_key(job_id): after}, block=block_ms, count=1000)
+    return _parse_events(reply)
+
+
+def _parse_events(reply: Any) -> list[Event]:
+    events = []
+    for _stream, entries in reply or []:
+        for entry_id, fields in entries:
+            fields = {_text(k): _text(v) for k, v in fields.items()}
+            events.append(Event(id=_text(entry_id), type=fields["type"], data=json.loads(fields["data"])))
+    return events
+
+
+def _text(value: Any) -> str:
+    return value.decode() if isinstance(value, bytes) else value

@@ -1,0 +1,176 @@
+"""Runs the service's real processes for a test: gateway, workers, stand-in generator, stand-in Lean REPL.
+
+Every process is started the way an operator starts it (`python -m api.cli ...` with `OPROVER_*` variables),
+logs to a file in the test's tmp dir, and is stopped at teardown. The stand-ins are the test's, never the
+model's or Lean's: tests/standins/.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import httpx
+import redis
+from rq import Worker
+
+from tests.standins.fake_repl import lean_cmd, write_table
+from tests.standins.openai_server import StandinServer
+
+ROOT = Path(__file__).resolve().parents[1]
+TERMINAL = {"proved", "failed", "cancelled", "error"}
+
+
+def _free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+class ServiceHarness:
+    def __init__(self, *, redis_url: str, workdir: Path) -> None:
+        self.redis_url = redis_url
+        self.workdir = workdir
+        self.redis = redis.Redis.from_url(redis_url)
+        self.processes: dict[str, subprocess.Popen[bytes]] = {}
+        self._generator: StandinServer | None = None
+        self.gateway_url: str | None = None
+        self.env: dict[str, str] = {
+            "OPROVER_REDIS_URL": redis_url,
+            "OPROVER_QDRANT_PATH": str(workdir / "qdrant"),
+            "OPROVER_GENERATOR_BACKOFF_BASE_S": "0",
+            "OPROVER_GENERATOR_MAX_RETRIES": "2",
+            "OPROVER_GENERATOR_RETRY_BUDGET_S": "10",
+            "OPROVER_GENERATOR_REQUEST_TIMEOUT_S": "30",
+            "OPROVER_WORKER_MAINTENANCE_INTERVAL_S": "1",
+            "OPROVER_WORKER_ABANDONED_AFTER_S": "3",
+            "OPROVER_WORKER_RETRY_INTERVALS_S": "0",
+            "OPROVER_LEAN_TIMEOUT_S": "10",
+            "OPROVER_LEAN_POOL_SIZE": "2",
+            "OPROVER_PROVE_ROUNDS": "2",
+            "OPROVER_QDRANT_TOP_K": "2",
+        }
+        self.lean_rules([{"match": "PASS_ME", "outcome": "pass"}])
+
+    # --- stand-ins --------------------------------------------------------------------------------------------
+    @property
+    def generator(self) -> StandinServer:
+        if self._generator is None:
+            self._generator = StandinServer()
+            self.env["OPROVER_GENERATOR_URL"] = self._generator.url
+        return self._generator
+
+    def lean_rules(self, rules: list[dict[str, Any]], **options: Any) -> Path:
+        """Write the stand-in REPL's verdict table; workers started afterwards use it."""
+        options.setdefault("default", "error")
+        table = write_table(self.workdir / "repl-table.json", rules, **options)
+        self.env["OPROVER_LEAN_CMD"] = lean_cmd(table)
+        return table
+
+    # --- processes ----------------------------------------------------------------------------------------------
+    def _spawn(self, name: str, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
+        log = open(self.workdir / f"{name}.log", "ab")  # noqa: SIM115 - the child owns it until it exits
+        process = subprocess.Popen(
+            [sys.executable, "-m", "api.cli", *args],
+            cwd=ROOT,
+            env={**os.environ, **self.env, **(env or {})},
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+        log.close()
+        self.processes[name] = process
+        return process
+
+    def log(self, name: str) -> str:
+        path = self.workdir / f"{name}.log"
+        return path.read_text(errors="replace") if path.exists() else ""
+
+    def start_gateway(self, **env: str) -> str:
+        _ = self.generator  # the gateway's /readyz reports on it
+        port = _free_port()
+        self._spawn("gateway", "serve", "--port", str(port), env=env)
+        self.gateway_url = f"http://127.0.0.1:{port}"
+        self._wait(lambda: httpx.get(f"{self.gateway_url}/healthz", timeout=1).status_code == 200, "gateway", 20)
+        return self.gateway_url
+
+    def start_worker(
+        self, kind: str, *, name: str | None = None, concurrency: int = 4, **env: str
+    ) -> subprocess.Popen[bytes]:
+        if kind == "generate":
+            _ = self.generator
+        name = name or f"{kind}-worker"
+        before = self._worker_count(kind)
+        args = ["worker", kind, "--concurrency", str(concurrency)]
+        process = self._spawn(name, *args, env=env)
+        self._wait(lambda: self._worker_count(kind) >= before + concurrency, name, 30, process)
+        return process
+
+    def _worker_count(self, kind: str) -> int:
+        return sum(1 for w in Worker.all(connection=self.redis) if w.name.startswith(f"{kind}."))
+
+    def _wait(self, ready: Any, name: str, timeout_s: float, process: subprocess.Popen[bytes] | None = None) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if process is not None and process.poll() is not None:
+                raise RuntimeError(f"{name} exited with {process.returncode}:\n{self.log(name)[-4000:]}")
+            with contextlib.suppress(Exception):
+                if ready():
+                    return
+            time.sleep(0.1)
+        raise RuntimeError(f"{name} not ready after {timeout_s} s:\n{self.log(name)[-4000:]}")
+
+    def kill(self, name: str, sig: int = signal.SIGKILL) -> None:
+        process = self.processes[name]
+        os.killpg(process.pid, sig)
+        process.wait(timeout=30)
+
+    def close(self) -> None:
+        for process in self.processes.values():
+            if process.poll() is None:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGTERM)
+        for process in self.processes.values():
+            try:
+                process.wait(timeout=15)
+            except subprocess.TimeoutExpired:
+                with contextlib.suppress(ProcessLookupError):
+                    os.killpg(process.pid, signal.SIGKILL)
+                process.wait(timeout=10)
+        if self._generator is not None:
+            self._generator.close()
+        self.redis.close()
+
+    # --- the gateway as a client sees it -------------------------------------------------------------------------
+    def client(self, **kwargs: Any) -> httpx.Client:
+        assert self.gateway_url, "start_gateway() first"
+        return httpx.Client(base_url=self.gateway_url, timeout=30, **kwargs)
+
+    def submit(self, body: dict[str, Any]) -> dict[str, Any]:
+        with self.client() as client:
+            response = client.post("/v1/prove", json=body)
+        assert response.status_code == 202, response.text
+        return response.json()
+
+    def wait_job(self, job_id: str, timeout_s: float = 60, statuses: set[str] = TERMINAL) -> dict[str, Any]:
+        deadline = time.monotonic() + timeout_s
+        with self.client() as client:
+            while True:
+                job = client.get(f"/v1/prove/{job_id}").json()
+                if job["status"] in statuses:
+                    return job
+                if time.monotonic() > deadline:
+                    logs = "\n".join(f"--- {n}\n{self.log(n)[-3000:]}" for n in self.processes)
+                    raise AssertionError(f"job {job_id} still {job['status']}:\n{json.dumps(job)[:3000]}\n{logs}")
+                time.sleep(0.1)
+
+    def chat_requests(self) -> list[dict[str, Any]]:
+        return [r["body"] for r in self.generator.requests() if "messages" in r["body"]]

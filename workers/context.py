@@ -1,0 +1,110 @@
+"""The resources one worker process holds while it runs jobs: set up once at start, shared by its threads.
+
+RQ job functions take only ids and small JSON values (they must survive a retry on another machine), so the
+heavy things they need (the pooled generator client, the warm Lean REPLs, the memory) live here. The runner
+installs the context before the first job and closes it after the last; `current()` is how a job reaches it.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+import redis
+
+from services.settings import Settings
+from services.store import JobStore
+from workers.dispatch import Dispatcher
+
+if TYPE_CHECKING:
+    from services.generation import GenerationClient
+    from services.lean import LeanChecker
+    from services.memory import ProofMemory
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class WorkerContext:
+    settings: Settings
+    redis: redis.Redis
+    store: JobStore
+    dispatch: Dispatcher
+    generator: GenerationClient | None = None
+    checker: LeanChecker | None = None
+    memory: ProofMemory | None = None
+    _closed: bool = field(default=False, repr=False)
+
+    @classmethod
+    def build(
+        cls,
+        settings: Settings,
+        *,
+        generator: bool = False,
+        checker: bool = False,
+        memory: bool = False,
+        pool_size: int | None = None,
+    ) -> WorkerContext:
+        client = redis.Redis.from_url(settings.redis.url, max_connections=None, health_check_interval=30)
+        ctx = cls(
+            settings=settings,
+            redis=client,
+            store=JobStore(client, job_ttl_s=settings.prove.job_ttl_s),
+            dispatch=Dispatcher(client, settings),
+        )
+        try:
+            if generator:
+                from services.generation import GenerationClient
+
+                ctx.generator = GenerationClient(settings.generator)
+            if memory:
+                from services.memory import ProofMemory
+
+                ctx.memory = ProofMemory(settings.qdrant)
+            if checker:
+                from services.lean import LeanChecker
+
+                lean = settings.lean if pool_size is None else settings.lean.model_copy(update={"pool_size": pool_size})
+                ctx.checker = LeanChecker(lean)
+                ctx.checker.start()
+        except BaseException:
+            ctx.close()
+            raise
+        return ctx
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        for name in ("checker", "generator", "memory"):
+            resource = getattr(self, name)
+            if resource is not None:
+                try:
+                    resource.close()
+                except Exception:
+                    logger.exception("closing the %s failed", name)
+        self.redis.close()
+
+
+_lock = threading.Lock()
+_current: WorkerContext | None = None
+
+
+def install(ctx: WorkerContext | None) -> None:
+    global _current
+    with _lock:
+        _current = ctx
+
+
+def maybe_current() -> WorkerContext | None:
+    """The context if this process runs jobs; RQ failure callbacks may also run in a gateway or CLI process."""
+    return _current
+
+
+def current() -> WorkerContext:
+    ctx = _current
+    if ctx is None:
+        raise RuntimeError("no worker context: job functions run only inside `oprover worker`")
+    return ctx

@@ -1,0 +1,281 @@
+"""RQ job functions: one round of one chain is `generate_round` then `verify_round`.
+
+Each function takes ids only, reads what it needs from the job store, does its step, and enqueues the next
+step itself (DESIGN §5: no dependency chains of unknown length). Every step first checks whether the proof
+job is already finished (proved by another chain, cancelled, failed): that is how cancellation works, since
+a running in-process job cannot be killed from outside. A claim key per step makes a duplicated or retried RQ
+job unable to enqueue the next step twice.
+
+Infrastructure failures raise (so RQ retries the step); `on_stage_failure` ends the proof job as `error`
+once the retries are used up, naming the dependency. A non-transient dependency failure ends it at once.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from typing import Any
+
+from rq.job import Job
+
+from services.domain import PreviousAttempt, ProofTask, RetrievedProof, Sampling, Verdict
+from services.errors import DependencyError, MemoryError_
+from services.store import JobSpec
+from workers import context
+
+logger = logging.getLogger(__name__)
+
+
+def _ms(start: float) -> int:
+    return int((time.monotonic() - start) * 1000)
+
+
+# --- generate ----------------------------------------------------------------------------------------------------
+def generate_round(job_id: str, chain: int, round_: int) -> dict[str, Any]:
+    from services.prompts import load_profile
+
+    from services.generation import extract_code
+
+    ctx = context.current()
+    store = ctx.store
+    if store.is_finished(job_id):
+        return {"skipped": "job finished"}
+    spec = store.spec(job_id)
+    store.mark_running(job_id)
+    assert ctx.generator is not None, "generate_round needs a worker started with a generator"
+
+    try:
+        started = time.monotonic()
+        retrieved = _retrieve(ctx, job_id, spec)
+        retrieve_ms = _ms(started)
+        previous = _previous_attempt(store, job_id, chain, round_)
+        profile = load_profile(spec.prompt_profile or ctx.settings.prompt.profile, extra_dir=ctx.settings.prompt.dir)
+        task = ProofTask(
+            formal_statement=spec.formal_statement,
+            header=spec.header,
+            informal_statement=spec.informal_statement,
+            retrieved=tuple(retrieved),
+            previous=previous,
+            round=round_,
+        )
+        messages = profile.messages(task)
+        sampling = Sampling(
+            temperature=spec.temperature,
+            top_p=spec.top_p,
+            max_tokens=spec.max_tokens,
+            stop=tuple(profile.sampling.get("stop", ())),
+        )
+        started = time.monotonic()
+        completion = ctx.generator.complete(messages, sampling, request_id=f"{job_id}:{chain}:{round_}")
+        generate_ms = _ms(started)
+    except DependencyError as exc:
+        if exc.transient:
+            raise
+        _end_with_error(job_id, f"{exc} (round {round_} of chain {chain}; not retried)")
+        return {"error": str(exc)}
+
+    extraction = extract_code(completion.content, completion.reasoning)
+    attempt: dict[str, Any] = {
+        "chain": chain,
+        "round": round_,
+        "code": extraction.code,
+        "verdict": None if extraction.code is not None else Verdict.NO_CODE.value,
+        "feedback": extraction.problem,
+        "retrieved": [proof.id for proof in retrieved],
+        "finish_reason": completion.finish_reason,
+        "model": completion.model,
+        "prompt_profile": profile.name,
+        "usage": completion.usage,
+        "timings": {"retrieve_ms": retrieve_ms, "generate_ms": generate_ms},
+        "request_id": completion.request_id,
+    }
+    if store.is_finished(job_id):
+        # The model's work is spent: keep it on the record, but a finished job takes no further steps.
+        store.put_attempt(job_id, attempt, event="attempt.generated", usage=completion.usage)
+        return {"skipped": "job finished during generation"}
+    store.put_attempt(job_id, attempt, event="attempt.generated", usage=completion.usage)
+    if extraction.code is None:
+        _advance(job_id, chain, round_, spec)
+    elif store.claim(job_id, f"ver:{chain}:{round_}"):
+        ctx.dispatch.verify(job_id, chain, round_, spec.lean_version)
+    return {"verdict": attempt["verdict"], "chars": len(extraction.code or "")}
+
+
+def _retrieve(ctx: context.WorkerContext, job_id: str, spec: JobSpec) -> list[RetrievedProof]:
+    """Retrieval helps the model but is not required: a memory outage degrades the prompt, not the job."""
+    if spec.top_k == 0 or ctx.memory is None:
+        return []
+    try:
+        return ctx.memory.search(spec.formal_statement, top_k=spec.top_k)
+    except MemoryError_ as exc:
+        logger.warning("job %s: retrieval skipped: %s", job_id, exc)
+        ctx.store.event(job_id, "memory.unavailable", {"error": str(exc)})
+        return []
+
+
+def _previous_attempt(store: Any, job_id: str, chain: int, round_: int) -> PreviousAttempt | None:
+    if round_ == 1:
+        return None
+    prev = store.attempt(job_id, chain, round_ - 1)
+    if prev is None:
+        return None
+    return PreviousAttempt(
+        code=prev.get("code") or "", feedback=prev.get("feedback") or "", verdict=Verdict(prev["verdict"])
+    )
+
+
+# --- verify --------------------------------------------------------------------------------------------------------
+def verify_round(job_id: str, chain: int, round_: int) -> dict[str, Any]:
+    ctx = context.current()
+    store = ctx.store
+    if store.is_finished(job_id):
+        return {"skipped": "job finished"}
+    assert ctx.checker is not None, "verify_round needs a worker started with a Lean checker"
+    spec = store.spec(job_id)
+    attempt = store.attempt(job_id, chain, round_)
+    if attempt is None or attempt.get("code") is None:
+        raise RuntimeError(f"job {job_id}: round {round_} of chain {chain} has no generated code to verify")
+
+    result = ctx.checker.check(attempt["code"], formal_statement=spec.formal_statement, header=spec.header)
+    attempt.update(
+        verdict=result.verdict.value,
+        feedback=result.feedback,
+        messages=[m.to_json() if hasattr(m, "to_json") else m for m in result.messages],
+        axioms=result.axioms,
+        lean=ctx.checker.versions(),
+    )
+    attempt.setdefault("timings", {})["verify_ms"] = result.time_ms
+    store.put_attempt(job_id, attempt, event="attempt.verified")
+
+    if result.verdict is Verdict.PASS:
+        store.set_lean(job_id, ctx.checker.versions())
+        if store.finish_proved(job_id, chain=chain, round_=round_, proof=result.compiled):
+            ctx.dispatch.remember(job_id)
+            dropped = ctx.dispatch.drop_pending(job_id, spec.attempts, spec.rounds)
+            logger.info(
+                "job %s: proved by chain %d round %d (%d queued rounds dropped)", job_id, chain, round_, dropped
+            )
+    else:
+        _advance(job_id, chain, round_, spec)
+    return {"verdict": result.verdict.value, "time_ms": result.time_ms}
+
+
+def _advance(job_id: str, chain: int, round_: int, spec: JobSpec) -> None:
+    """After a failed round: the next round of this chain, or the end of the chain."""
+    ctx = context.current()
+    if ctx.store.is_finished(job_id):
+        return
+    if round_ < spec.rounds:
+        if ctx.store.claim(job_id, f"gen:{chain}:{round_ + 1}"):
+            ctx.dispatch.generate(job_id, chain, round_ + 1)
+    elif ctx.store.claim(job_id, f"end:{chain}"):
+        ctx.store.chain_ended(job_id, chain)
+
+
+# --- memory ----------------------------------------------------------------------------------------------------------
+def remember_proof(job_id: str) -> dict[str, Any]:
+    from services.memory import VerifiedProof
+
+    ctx = context.current()
+    assert ctx.memory is not None, "remember_proof runs only in the process that owns the memory"
+    job = ctx.store.get(job_id)
+    if job["status"] != "proved" or not job["proof"]:
+        return {"skipped": "not proved"}
+    winner = next(
+        (
+            a
+            for a in job["attempts"]
+            if (a["chain"], a["round"]) == (job["proved_by"]["chain"], job["proved_by"]["round"])
+        ),
+        {},
+    )
+    lean = job.get("lean") or {}
+    added = ctx.memory.add(
+        [
+            VerifiedProof(
+                formal_statement=job["formal_statement"],
+                proof=job["proof"],
+                header=job["header"],
+                source=f"oprover-serve:{job_id}",
+                model=winner.get("model"),
+                lean_version=lean.get("lean"),
+                job_id=job_id,
+                created_at=job["finished_at"] or time.time(),
+            )
+        ]
+    )
+    return {"added": added}
+
+
+# --- one-off verification (POST /v1/verify) ---------------------------------------------------------------------------
+def verify_code(request_id: str, payload: dict[str, Any]) -> dict[str, Any]:
+    ctx = context.current()
+    assert ctx.checker is not None
+    result = ctx.checker.check(
+        payload["code"], formal_statement=payload.get("formal_statement"), header=payload.get("header")
+    )
+    body = {**result.to_json(), "lean": ctx.checker.versions()}
+    _deliver_verify_result(ctx.redis, request_id, body)
+    return {"verdict": result.verdict.value}
+
+
+# --- failure callbacks (RQ calls these when a step raised or its worker died) -----------------------------------------
+def on_stage_failure(job: Job, connection: Any, exc_type: type, exc: BaseException, tb: Any) -> None:
+    ctx = context.maybe_current()
+    job_id, chain, round_ = job.args[0], job.args[1], job.args[2]
+    stage = "generation" if job.func_name.endswith("generate_round") else "verification"
+    reason = _describe(exc, stage)
+    if job.retries_left:
+        logger.warning("job %s: %s of round %d chain %d failed, retrying: %s", job_id, stage, round_, chain, reason)
+        _store(ctx, connection).event(
+            job_id, "round.retrying", {"chain": chain, "round": round_, "stage": stage, "error": reason}
+        )
+        return
+    _end_with_error(job_id, f"{reason} (round {round_} of chain {chain}, retries exhausted)", connection=connection)
+
+
+def on_verify_failure(job: Job, connection: Any, exc_type: type, exc: BaseException, tb: Any) -> None:
+    if job.retries_left:
+        return
+    body = {"verdict": Verdict.ERROR.value, "error": _describe(exc, "verification")}
+    _deliver_verify_result(connection, job.args[0], body)
+
+
+def _deliver_verify_result(client: Any, request_id: str, body: dict[str, Any]) -> None:
+    """The waiting gateway BLPOPs this list; the TTL cleans up after a client that gave up."""
+    from services import keys
+
+    key = keys.verify_result_key(request_id)
+    with client.pipeline() as pipe:
+        pipe.rpush(key, json.dumps(body, ensure_ascii=False))
+        pipe.expire(key, keys.VERIFY_RESULT_TTL_S)
+        pipe.execute()
+
+
+def _describe(exc: BaseException, stage: str) -> str:
+    if isinstance(exc, DependencyError):
+        return str(exc)
+    if type(exc).__name__ == "AbandonedJobError":
+        return f"{'generate' if stage == 'generation' else 'verify'} worker died during {stage}"
+    if type(exc).__name__ == "JobTimeoutException":
+        return f"{stage} exceeded its job timeout"
+    return f"internal error during {stage}: {type(exc).__name__}: {exc}"
+
+
+def _store(ctx: context.WorkerContext | None, connection: Any) -> Any:
+    if ctx is not None:
+        return ctx.store
+    from services.store import JobStore
+
+    return JobStore(connection)
+
+
+def _end_with_error(job_id: str, error: str, *, connection: Any = None) -> None:
+    ctx = context.maybe_current()
+    store = _store(ctx, connection)
+    if store.fail_with_error(job_id, error):
+        logger.error("job %s: ended with error: %s", job_id, error)
+        if ctx is not None:
+            spec = store.spec(job_id)
+            ctx.dispatch.drop_pending(job_id, spec.attempts, spec.rounds)
