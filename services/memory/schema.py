@@ -1,0 +1,146 @@
+"""What one memory point is: a verified (statement, proof) pair, its keys and its payload.
+
+Keys, all SHA-256 hex of normalised text:
+
+* `statement_hash` — `services.leantext.statement_hash`: the statement without comments, proof tail or layout;
+* `body_hash`      — the same with the declaration name replaced by `_` and `lemma` read as `theorem`:
+  "is this the same theorem?" regardless of what it is called. Exclusion (the target, the caller's
+  list, the benchmark file) is by this key, so a renamed copy of a benchmark problem is excluded too;
+* `proof_hash`     — the proof up to layout (whitespace runs collapsed);
+* the point id     — a UUID from (statement_hash, proof_hash), so a duplicate maps to the same point
+  and an upsert of it can never create a second copy, in any process.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import re
+import time
+import uuid
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from functools import cached_property
+from typing import Any
+
+from services.leantext import normalize_statement, statement_hash
+
+SCHEMA_VERSION = 1
+
+SPARSE_VECTOR = "lex"  # Lean-aware lexical tokens, BM25 weights, Qdrant IDF modifier
+DENSE_VECTOR = "dense"  # optional: an OpenAI-compatible /v1/embeddings model
+
+# Payload fields that carry a keyword index on a server (they appear in filters or in facets).
+KEYWORD_FIELDS = ("statement_hash", "body_hash", "proof_hash", "source", "model", "lean_version", "job_id")
+FLOAT_FIELDS = ("created_at",)
+
+_DECL_NAME = re.compile(r"^((?:@\[[^\]]*\]\s*)?(?:(?:private|protected|nonrec)\s+)*)(theorem|lemma)\s+(«[^»]+»|\S+)")
+
+
+def _sha(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()
+
+
+def body_hash(formal_statement: str) -> str:
+    """Hash of the statement with its name blanked: equal for the same theorem under any name."""
+    text = normalize_statement(formal_statement)
+    text = _DECL_NAME.sub(lambda m: f"{m.group(1)}theorem _", text, count=1)
+    return _sha(text)
+
+
+def proof_hash(proof: str) -> str:
+    """Hash of the proof up to layout. Comments count: stripping them costs ~1 ms per proof in Python,
+    too much for a multi-million-proof import, and copies that differ only in comments are rare."""
+    return _sha(" ".join(proof.split()))
+
+
+def point_id(statement_key: str, proof_key: str) -> str:
+    return str(uuid.UUID(bytes=hashlib.sha256(f"{statement_key}:{proof_key}".encode()).digest()[:16]))
+
+
+def declaration_name(formal_statement: str) -> str | None:
+    match = _DECL_NAME.match(normalize_statement(formal_statement))
+    return match.group(3) if match else None
+
+
+@dataclass(frozen=True)
+class VerifiedProof:
+    """A proof Lean accepted for `formal_statement`, with where it came from.
+
+    The keys are computed once per object (`cached_property` writes the instance dict directly, which a
+    frozen dataclass allows).
+    """
+
+    formal_statement: str
+    proof: str  # the full verified Lean text, as checked
+    header: str = ""
+    source: str = ""  # "job", "import:<file>", a dataset name, ...
+    model: str | None = None
+    lean_version: str | None = None
+    job_id: str | None = None
+    created_at: float = field(default_factory=time.time)
+    name: str | None = None  # declaration name; derived from the statement when not given
+
+    def __post_init__(self) -> None:
+        if self.name is None:
+            object.__setattr__(self, "name", declaration_name(self.formal_statement))
+
+    @cached_property
+    def statement_hash(self) -> str:
+        return statement_hash(self.formal_statement)
+
+    @cached_property
+    def body_hash(self) -> str:
+        return body_hash(self.formal_statement)
+
+    @cached_property
+    def proof_hash(self) -> str:
+        return proof_hash(self.proof)
+
+    @cached_property
+    def point_id(self) -> str:
+        return point_id(self.statement_hash, self.proof_hash)
+
+    def payload(self) -> dict[str, Any]:
+        return {
+            "schema": SCHEMA_VERSION,
+            "formal_statement": self.formal_statement,
+            "proof": self.proof,
+            "header": self.header,
+            "source": self.source,
+            "model": self.model,
+            "lean_version": self.lean_version,
+            "job_id": self.job_id,
+            "created_at": float(self.created_at),
+            "name": self.name,
+            "statement_hash": self.statement_hash,
+            "body_hash": self.body_hash,
+            "proof_hash": self.proof_hash,
+        }
+
+    @classmethod
+    def from_payload(cls, payload: Mapping[str, Any]) -> VerifiedProof:
+        return cls(
+            formal_statement=payload["formal_statement"],
+            proof=payload["proof"],
+            header=payload.get("header") or "",
+            source=payload.get("source") or "",
+            model=payload.get("model"),
+            lean_version=payload.get("lean_version"),
+            job_id=payload.get("job_id"),
+            created_at=float(payload.get("created_at") or 0.0),
+            name=payload.get("name"),
+        )
+
+    def to_record(self) -> dict[str, Any]:
+        """The JSONL form `export_proofs` writes and `import_proofs` reads back."""
+        return {
+            "name": self.name,
+            "formal_statement": self.formal_statement,
+            "proof": self.proof,
+            "header": self.header,
+            "source": self.source,
+            "model": self.model,
+            "lean_version": self.lean_version,
+            "job_id": self.job_id,
+            "created_at": self.created_at,
+        }
