@@ -91,6 +91,19 @@ _TEMPLATE_FIELDS: dict[str, frozenset[str]] = {
 }
 
 
+@dataclass(frozen=True)
+class ProfileSampling(Sampling):
+    """The profile's sampling defaults: a `Sampling`, also readable like a mapping (`.get("stop", ())`)."""
+
+    def get(self, key: str, default: Any = None) -> Any:
+        return getattr(self, key, default) if key in self.__dataclass_fields__ else default
+
+    def __getitem__(self, key: str) -> Any:
+        if key not in self.__dataclass_fields__:
+            raise KeyError(key)
+        return getattr(self, key)
+
+
 class PromptProfileError(ValueError):
     """A profile file that cannot be used; the message names the file and what is wrong with it."""
 
@@ -138,7 +151,7 @@ class PromptProfile:
     name: str
     version: str
     description: str
-    sampling: Sampling
+    sampling: ProfileSampling
     keeps_history: bool
     templates: Mapping[str, str]
     request_extra: Mapping[str, Any] = field(default_factory=dict)
@@ -310,7 +323,7 @@ def parse_profile(
         name=name,
         version=version,
         description=str(raw.get("description", "")),
-        sampling=Sampling(temperature=temperature, top_p=top_p, max_tokens=max_tokens, stop=stop),
+        sampling=ProfileSampling(temperature=temperature, top_p=top_p, max_tokens=max_tokens, stop=stop),
         keeps_history=keeps_history,
         templates=templates,
         request_extra=json.loads(json.dumps(request_extra)),
