@@ -73,6 +73,9 @@ BEFORE_TARGET: tuple[tuple[str, str], ...] = (
     (_COMMAND_START + r"set_option(?!\s+(?:maxHeartbeats|maxRecDepth|synthInstance\.maxHeartbeats)\s)", "`set_option`"),
 )
 
+_FORBIDDEN = tuple((re.compile(pattern), why) for pattern, why in FORBIDDEN)
+_BEFORE_TARGET = tuple((re.compile(pattern), why) for pattern, why in BEFORE_TARGET)
+_LINE = re.compile(r"(?m)^.*$")
 _IMPORT = re.compile(r"(?m)^[ \t]*import[ \t]+(\S+)[ \t]*$")
 _ANY_IMPORT = re.compile(r"(?m)^[ \t]*import" + _R)
 _DROPPED_COMMAND = re.compile(r"(?m)^[ \t]*#(?:print|check)" + _R + r".*$")
@@ -215,8 +218,9 @@ def _covered_open(line: str, opened: set[str]) -> bool:
     return bool(names) and all(name in opened for name in names)
 
 
-def apply_text_policy(code: str, header: str) -> tuple[str, list[Violation]]:
-    """Return (`code` with dropped lines blanked to spaces, violations); both keep `code`'s offsets.
+def apply_text_policy(code: str, header: str) -> tuple[str, str, list[Violation]]:
+    """Return (`code` with dropped lines blanked to spaces, the same with comments and strings blanked,
+    violations); all keep `code`'s offsets.
 
     Dropped: lines repeating the request header (its imports, its `open`s, its `set_option`s) and `#print` /
     `#check` lines. Any other `import` and every forbidden token is a violation."""
@@ -233,7 +237,7 @@ def apply_text_policy(code: str, header: str) -> tuple[str, list[Violation]]:
         _blank_range(kept, start, end)
         _blank_range(scan, start, end)
 
-    for match in re.finditer(r"(?m)^.*$", blanked):
+    for match in _LINE.finditer(blanked):
         line = match.group(0).strip()
         if not line:
             continue
@@ -253,17 +257,16 @@ def apply_text_policy(code: str, header: str) -> tuple[str, list[Violation]]:
         violations.append(
             Violation("`import` outside the request header", match.start(), len(text) if end < 0 else end)
         )
-    for pattern, why in FORBIDDEN:
-        for match in re.finditer(pattern, text):
+    for pattern, why in _FORBIDDEN:
+        for match in pattern.finditer(text):
             start = match.start() + (len(match.group(0)) - len(match.group(0).lstrip()))
             violations.append(Violation(why, start, match.end()))
-    return "".join(kept), violations
+    return "".join(kept), text, violations
 
 
 def compose(code: str, *, header: str, formal_statement: str | None) -> Composed:
     """Apply the text policy and build the command Lean checks in the header's environment."""
-    kept, violations = apply_text_policy(code, header)
-    blanked = blank_comments_and_strings(kept)
+    kept, blanked, violations = apply_text_policy(code, header)
     theorems = [m.group(1) for m in _NAMED_THEOREM.finditer(blanked)]
     whole = PositionMap([Segment(1, kept.count("\n") + 1, 1)])
 
@@ -282,8 +285,8 @@ def compose(code: str, *, header: str, formal_statement: str | None) -> Composed
         violations.append(Violation(f"`{name}` is declared more than once", decl.start(), decl.end()))
     decl = decls[0]
     before = blanked[: decl.start()]
-    for pattern, why in BEFORE_TARGET:
-        for match in re.finditer(pattern, before):
+    for pattern, why in _BEFORE_TARGET:
+        for match in pattern.finditer(before):
             start = match.start() + (len(match.group(0)) - len(match.group(0).lstrip()))
             violations.append(Violation(f"{why} before the target theorem can change its meaning", start, match.end()))
     statement_idents = set(_IDENT.findall(blank_comments_and_strings(statement.head)))

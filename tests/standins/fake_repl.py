@@ -21,9 +21,12 @@ It never runs Lean. It judges each command from the table, whose rules are tried
 
 Outcomes: ``pass``, ``error``, ``sorry``, ``axiom`` (compiles; ``#print axioms`` lists the rule's ``axioms``),
 ``hang``, ``spin`` (burns CPU), ``crash``, ``memory`` (allocates until ``memory_mb`` or the address-space limit),
-``flood`` (a reply of ``bytes`` bytes), ``garbage`` (an unparseable reply), ``probe`` (tries the network and a
+``flood`` (a reply of ``bytes`` bytes), ``garbage`` (an unparseable reply), ``error_reply`` (``{"message": ...}``
+as when Lean throws), ``probe`` (tries the network and a
 write outside its temp dir, reports both as an info message). Any rule may set ``check_s`` (time to spend),
-``rss_mb`` (resident memory to keep after the check), ``axioms``, ``message``, ``goal``, ``severity``.
+``rss_mb`` (resident memory to keep after the check), ``axioms``, ``message``, ``goal``, ``severity``,
+``messages`` (extra ``[{"severity", "data"}]``). Table option ``print_axioms``: ``normal`` (default), ``silent``
+(no message), ``unknown`` (unknown constant), ``garbage`` (unreadable answer).
 
 So nobody mistakes it for Lean: it says so on stderr at start, and ``#eval Lean.versionString`` answers the table's
 ``lean_version`` (default ``4.15.0-fake_repl``). Only the standard library is used, so it runs from any cwd.
@@ -282,6 +285,15 @@ class FakeRepl:
 
     def _print_axioms(self, cmd: str, name: str, env: int | None) -> dict[str, Any]:
         known = self.envs[env] if env is not None else {}
+        mode = self.table.get("print_axioms", "normal")
+        if mode == "silent":  # an answer without the message (what a broken or future repl might send)
+            return {"env": self._new_env(env, {})}
+        if mode == "garbage":
+            sys.stdout.write("fake_repl stand-in: deliberately unreadable #print axioms answer\n\n")
+            sys.stdout.flush()
+            return {}
+        if mode == "unknown":
+            known = {}
         start = cmd.find("#print")
         end = len(cmd.rstrip())
         if name not in known:
@@ -319,6 +331,8 @@ class FakeRepl:
             os.kill(os.getpid(), signal.SIGSEGV)
         if outcome == "memory":
             self._blow_up(int(rule.get("memory_mb", 4096)))
+        if outcome == "error_reply":  # the repl caught an exception from Lean: no env, just a message
+            return {"message": rule.get("message", "Lean error:\nfake_repl stand-in exception")}
         if outcome == "garbage":
             sys.stdout.write("fake_repl stand-in: this reply is deliberately not JSON\n\n")
             sys.stdout.flush()
