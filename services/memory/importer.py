@@ -149,7 +149,7 @@ def _fingerprint(files: list[Path]) -> list[list[Any]]:
 # meaning "resume here" in that format; (0, 0) is the start of the file.
 
 Cursor = tuple[int, int]
-Item = tuple[Cursor, str, "dict[str, Any] | str"]
+Item = tuple[Cursor, str, "dict[str, Any] | tuple[str, str]"]  # a record, or (reason, detail) why not
 
 
 def _read_jsonl(path: Path, start: Cursor) -> Iterator[Item]:
@@ -165,9 +165,9 @@ def _read_jsonl(path: Path, start: Cursor) -> Iterator[Item]:
             try:
                 record = json.loads(raw)
             except (ValueError, UnicodeDecodeError) as exc:
-                yield (offset, line_no), where, f"invalid JSON ({exc.__class__.__name__}: {str(exc)[:80]})"
+                yield (offset, line_no), where, ("invalid JSON", str(exc)[:120])
                 continue
-            yield (offset, line_no), where, record if isinstance(record, dict) else "not a JSON object"
+            yield (offset, line_no), where, record if isinstance(record, dict) else ("not a JSON object", "")
 
 
 def _wanted_columns(names: list[str], fields: Mapping[str, tuple[str, ...]]) -> list[str]:
@@ -413,8 +413,8 @@ def import_proofs(
             for cursor, where, item in _records(source, start, aliases, batch_size):
                 summary.read += 1
                 pending += 1
-                if isinstance(item, str):
-                    summary.reject(where, item)
+                if isinstance(item, tuple):
+                    summary.reject(where, *item)
                 else:
                     result = to_verified_proof(item, aliases, default_source)
                     if isinstance(result, VerifiedProof):

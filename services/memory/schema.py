@@ -13,6 +13,8 @@ Keys, all SHA-256 hex of normalised text:
 
 from __future__ import annotations
 
+__all__ = ["VerifiedProof", "body_hash", "point_id", "proof_hash", "statement_hash"]
+
 import hashlib
 import re
 import time
@@ -23,6 +25,7 @@ from functools import cached_property
 from typing import Any
 
 from services.leantext import normalize_statement, statement_hash
+from services.memory.tokenizer import normalized_statement_tokens
 
 SCHEMA_VERSION = 1
 
@@ -40,11 +43,13 @@ def _sha(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
+def _body_key(normalized: str) -> str:
+    return _sha(_DECL_NAME.sub(lambda m: f"{m.group(1)}theorem _", normalized, count=1))
+
+
 def body_hash(formal_statement: str) -> str:
     """Hash of the statement with its name blanked: equal for the same theorem under any name."""
-    text = normalize_statement(formal_statement)
-    text = _DECL_NAME.sub(lambda m: f"{m.group(1)}theorem _", text, count=1)
-    return _sha(text)
+    return _body_key(normalize_statement(formal_statement))
 
 
 def proof_hash(proof: str) -> str:
@@ -57,9 +62,13 @@ def point_id(statement_key: str, proof_key: str) -> str:
     return str(uuid.UUID(bytes=hashlib.sha256(f"{statement_key}:{proof_key}".encode()).digest()[:16]))
 
 
-def declaration_name(formal_statement: str) -> str | None:
-    match = _DECL_NAME.match(normalize_statement(formal_statement))
+def _name_of(normalized: str) -> str | None:
+    match = _DECL_NAME.match(normalized)
     return match.group(3) if match else None
+
+
+def declaration_name(formal_statement: str) -> str | None:
+    return _name_of(normalize_statement(formal_statement))
 
 
 @dataclass(frozen=True)
@@ -82,15 +91,20 @@ class VerifiedProof:
 
     def __post_init__(self) -> None:
         if self.name is None:
-            object.__setattr__(self, "name", declaration_name(self.formal_statement))
+            object.__setattr__(self, "name", _name_of(self.normalized))
+
+    @cached_property
+    def normalized(self) -> str:
+        """`leantext.normalize_statement` of the statement, computed once (it is a Python char loop)."""
+        return normalize_statement(self.formal_statement)
 
     @cached_property
     def statement_hash(self) -> str:
-        return statement_hash(self.formal_statement)
+        return _sha(self.normalized)  # == leantext.statement_hash(self.formal_statement)
 
     @cached_property
     def body_hash(self) -> str:
-        return body_hash(self.formal_statement)
+        return _body_key(self.normalized)
 
     @cached_property
     def proof_hash(self) -> str:
@@ -99,6 +113,9 @@ class VerifiedProof:
     @cached_property
     def point_id(self) -> str:
         return point_id(self.statement_hash, self.proof_hash)
+
+    def tokens(self) -> list[str]:
+        return normalized_statement_tokens(self.normalized)
 
     def payload(self) -> dict[str, Any]:
         return {

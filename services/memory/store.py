@@ -33,10 +33,12 @@ from typing import Any
 
 from qdrant_client import QdrantClient, models
 from qdrant_client.http.exceptions import UnexpectedResponse
+from qdrant_client.hybrid.fusion import reciprocal_rank_fusion
 
 from services.domain import RetrievedProof
 from services.errors import MemoryError_
 from services.memory.embeddings import EmbeddingsClient
+from services.memory.lexindex import LexicalIndex
 from services.memory.schema import (
     DENSE_VECTOR,
     FLOAT_FIELDS,
@@ -54,6 +56,7 @@ logger = logging.getLogger(__name__)
 # How many candidates to fetch per proof asked for: duplicates of one statement are collapsed afterwards.
 OVERFETCH = 4
 SCROLL_PAGE = 512
+INDEX_PAGE = 10_000  # embedded scroll sorts every id per page: few large pages when building the index
 
 
 def load_exclusions(path: Path | None) -> frozenset[str]:
@@ -150,8 +153,14 @@ class ProofMemory:
         if embeddings is None and settings.embeddings_url is not None:
             embeddings = EmbeddingsClient(settings)
         self._embeddings = embeddings
+        self._index: LexicalIndex | None = None
         try:
             self._ensure_collection()
+            if not self.server:
+                if settings.embedded_fast_writes:
+                    self._tune_embedded_storage()
+                if settings.embedded_index:
+                    self._index = self._build_index()
         except BaseException:
             self.close()
             raise
@@ -174,6 +183,53 @@ class ProofMemory:
                 return QdrantClient(path=str(path))
             except RuntimeError as exc:
                 raise MemoryError_(f"cannot open embedded Qdrant at {path}: {exc}", transient=False) from exc
+
+    def _tune_embedded_storage(self) -> None:
+        """Put the embedded store's SQLite file in WAL mode with `synchronous=NORMAL`.
+
+        qdrant-client persists every point of an upsert in its own SQLite transaction, and by default
+        each commit waits for an fsync: 1-15 ms per point on this machine's disks, i.e. 70-700 points/s,
+        which makes a large import take hours. In WAL mode with `synchronous=NORMAL` a commit is still
+        atomic and survives a killed process (tested: tests/test_memory_import.py kills an import);
+        only an OS crash or power cut can lose the last commits, which a re-import or the job records
+        restore. The connection is not public API, hence the guarded reach and the setting to turn it off.
+        """
+        try:
+            connection = self._client._client.collections[self.collection].storage.storage
+            with self._lock:
+                connection.execute("PRAGMA journal_mode=WAL")
+                connection.execute("PRAGMA synchronous=NORMAL")
+        except (AttributeError, KeyError, TypeError) as exc:
+            logger.warning("memory: embedded SQLite tuning unavailable (%r); one fsync per stored point", exc)
+
+    def _build_index(self) -> LexicalIndex:
+        index = LexicalIndex()
+        offset = None
+        while True:
+            with self._lock:
+                points, offset = self._call(
+                    self._client.scroll,
+                    self.collection,
+                    limit=INDEX_PAGE,
+                    offset=offset,
+                    with_payload=["statement_hash", "body_hash"],
+                    with_vectors=[SPARSE_VECTOR],
+                )
+            for point in points:
+                vector = (point.vector or {}).get(SPARSE_VECTOR)  # type: ignore[union-attr]
+                payload = point.payload or {}
+                if vector is not None:
+                    index.add(
+                        str(point.id),
+                        payload.get("statement_hash", ""),
+                        payload.get("body_hash", ""),
+                        vector.indices,
+                        vector.values,
+                    )
+            if offset is None:
+                break
+        logger.info("memory: in-process lexical index over %d points", len(index))
+        return index
 
     def _dense_size(self) -> int | None:
         if self._embeddings is None:
@@ -317,8 +373,43 @@ class ProofMemory:
         if tokens:
             indices, values = query_vector(tokens)
             sparse = models.SparseVector(indices=indices, values=values)
-        query_filter = self._exclusion_filter(banned)
-        kwargs: dict[str, Any] = {"limit": limit, "with_payload": True, "query_filter": query_filter}
+        if self._index is not None:
+            points = self._search_embedded(sparse, dense, banned, limit)
+        else:
+            points = self._search_qdrant(sparse, dense, banned, limit)
+        results: list[RetrievedProof] = []
+        seen: set[str] = set()
+        for point in points:
+            payload = point.payload or {}
+            # Belt and braces: the filter already did this, but "never the target" must not hang on it.
+            if payload.get("body_hash") in banned or payload.get("statement_hash") in seen:
+                continue
+            seen.add(payload.get("statement_hash", str(point.id)))
+            results.append(
+                RetrievedProof(
+                    id=str(point.id),
+                    formal_statement=payload.get("formal_statement", ""),
+                    proof=payload.get("proof", ""),
+                    score=float(point.score),
+                )
+            )
+            if len(results) == top_k:
+                break
+        return results
+
+    def _search_qdrant(
+        self,
+        sparse: models.SparseVector | None,
+        dense: list[float] | None,
+        banned: set[str],
+        limit: int,
+    ) -> list[models.ScoredPoint]:
+        """One query to Qdrant: sparse, or sparse and dense fused by rank (RRF) inside Qdrant."""
+        kwargs: dict[str, Any] = {
+            "limit": limit,
+            "with_payload": True,
+            "query_filter": self._exclusion_filter(banned),
+        }
         if dense is None:
             kwargs.update(query=sparse, using=SPARSE_VECTOR)
         else:
@@ -341,26 +432,46 @@ class ProofMemory:
                 prefetch.append(models.Prefetch(query=sparse, using=SPARSE_VECTOR, limit=limit))
             kwargs.update(prefetch=prefetch, query=models.FusionQuery(fusion=models.Fusion.RRF))
         with self._lock:
-            response = self._call(self._client.query_points, self.collection, **kwargs)
-        results: list[RetrievedProof] = []
-        seen: set[str] = set()
-        for point in response.points:
-            payload = point.payload or {}
-            # Belt and braces: the filter already did this, but "never the target" must not hang on it.
-            if payload.get("body_hash") in banned or payload.get("statement_hash") in seen:
-                continue
-            seen.add(payload.get("statement_hash", str(point.id)))
-            results.append(
-                RetrievedProof(
-                    id=str(point.id),
-                    formal_statement=payload.get("formal_statement", ""),
-                    proof=payload.get("proof", ""),
-                    score=float(point.score),
-                )
+            return list(self._call(self._client.query_points, self.collection, **kwargs).points)
+
+    def _search_embedded(
+        self,
+        sparse: models.SparseVector | None,
+        dense: list[float] | None,
+        banned: set[str],
+        limit: int,
+    ) -> list[models.ScoredPoint]:
+        """The lexical list from the in-process index; a dense list from Qdrant; fused as Qdrant fuses."""
+        assert self._index is not None
+        with self._lock:
+            hits = (
+                self._index.search(sparse.indices, sparse.values, limit=limit, banned_bodies=banned)
+                if sparse is not None
+                else []
             )
-            if len(results) == top_k:
-                break
-        return results
+            ranked = [models.ScoredPoint(id=h.point_id, score=h.score, version=0) for h in hits]
+            if dense is not None:
+                dense_points = self._call(
+                    self._client.query_points,
+                    self.collection,
+                    query=dense,
+                    using=DENSE_VECTOR,
+                    limit=limit,
+                    query_filter=self._exclusion_filter(banned),
+                    with_payload=False,
+                ).points
+                ranked = reciprocal_rank_fusion([dense_points, ranked], limit=limit) if ranked else dense_points
+            if not ranked:
+                return []
+            records = self._call(
+                self._client.retrieve, self.collection, ids=[str(p.id) for p in ranked], with_payload=True
+            )
+        payloads = {str(r.id): r.payload for r in records}
+        return [
+            models.ScoredPoint(id=p.id, score=p.score, version=0, payload=payloads[str(p.id)])
+            for p in ranked
+            if str(p.id) in payloads
+        ]
 
     def lookup(self, formal_statement: str, *, limit: int = 8) -> list[RetrievedProof]:
         """Proofs stored for exactly this statement (same `statement_hash`): a cache hit, not prompt material."""
@@ -413,6 +524,7 @@ class ProofMemory:
             "indexed_vectors": info.indexed_vectors_count,
             "dense_vector": DENSE_VECTOR in vectors if isinstance(vectors, dict) else False,
             "excluded_statements": len(self._excluded),
+            "lexical_index": "in-process" if self._index is not None else "qdrant",
         }
 
     def health(self) -> None:
@@ -446,7 +558,7 @@ class ProofMemory:
         points = []
         for i, pid in enumerate(fresh):
             proof = unique[pid]
-            indices, values = document_vector(statement_tokens(proof.formal_statement))
+            indices, values = document_vector(proof.tokens())
             vector: dict[str, Any] = {SPARSE_VECTOR: models.SparseVector(indices=indices, values=values)}
             if dense is not None:
                 vector[DENSE_VECTOR] = dense[i]
@@ -458,6 +570,17 @@ class ProofMemory:
             points = [p for p in points if p.id not in already]
             if points:
                 self._call(self._client.upsert, self.collection, points=points, wait=True)
+                if self._index is not None:
+                    for point in points:
+                        sparse = point.vector[SPARSE_VECTOR]  # type: ignore[index]
+                        payload = point.payload or {}
+                        self._index.add(
+                            str(point.id),
+                            payload["statement_hash"],
+                            payload["body_hash"],
+                            sparse.indices,
+                            sparse.values,
+                        )
         return len(points)
 
     def close(self) -> None:

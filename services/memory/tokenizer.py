@@ -223,8 +223,12 @@ _DECL_HEAD = re.compile(r"^\s*(?:@\[[^\]]*\]\s*)?(?:private\s+|protected\s+)?(?:
 
 def statement_tokens(formal_statement: str) -> list[str]:
     """Tokens of a statement without comments, proof tail, keyword or declaration name."""
-    text = normalize_statement(formal_statement)
-    text = _DECL_HEAD.sub(" ", text, count=1)
+    return normalized_statement_tokens(normalize_statement(formal_statement))
+
+
+def normalized_statement_tokens(normalized: str) -> list[str]:
+    """`statement_tokens` of text that already went through `leantext.normalize_statement`."""
+    text = _DECL_HEAD.sub(" ", normalized, count=1)
     return [t for t in tokenize(text) if t not in _SKIP]
 
 
