@@ -258,3 +258,34 @@ def test_the_memory_survives_a_restart(tmp_path: Path, sample: list[dict]) -> No
     with ProofMemory(settings) as memory:
         assert memory.count() == 5
         assert memory.add([as_proof(r) for r in sample[:6]]) == 1
+
+
+def test_the_in_process_index_scores_exactly_as_qdrant(tmp_path: Path, sample: list[dict]) -> None:
+    """Embedded mode answers from its own inverted index; Qdrant's sparse IDF query is the reference."""
+    proofs = [as_proof(r) for r in sample]
+    with (
+        ProofMemory(QdrantSettings(path=tmp_path / "index")) as fast,
+        ProofMemory(QdrantSettings(path=tmp_path / "qdrant", embedded_index=False)) as reference,
+    ):
+        assert (fast.stats()["lexical_index"], reference.stats()["lexical_index"]) == ("in-process", "qdrant")
+        fast.add(proofs)
+        reference.add(proofs)
+        for record in sample[::23]:
+            target = record["formal_statement"]
+            got = fast.search(target, top_k=6)
+            want = reference.search(target, top_k=6)
+            assert [round(h.score, 3) for h in got] == [round(h.score, 3) for h in want]
+            scores = [round(h.score, 3) for h in want]
+            for mine, theirs, score in zip(got, want, scores, strict=True):
+                if scores.count(score) == 1:  # equal scores may come in either order
+                    assert mine.id == theirs.id
+
+
+def test_the_index_is_rebuilt_from_the_store_on_restart(tmp_path: Path, sample: list[dict]) -> None:
+    settings = QdrantSettings(path=tmp_path / "q")
+    target = sample[3]["formal_statement"]
+    with ProofMemory(settings) as memory:
+        memory.add([as_proof(r) for r in sample[:100]])
+        before = memory.search(target, top_k=5)
+    with ProofMemory(settings) as memory:
+        assert memory.search(target, top_k=5) == before

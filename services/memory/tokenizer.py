@@ -6,8 +6,8 @@ Retrieval compares *statements*, so the tokenizer is tuned for Lean 4 / Mathlib 
   into lower-case parts on `.`, `_`, camelCase and letter/digit boundaries (`finset`, `icc`, `nat`,
   `prime`, `sq`, `nonneg`), so `Nat.Prime p` and `p.Prime` share the token `prime`;
 * tactic names are kept whole and never split (`norm_num` stays `norm_num`: its parts mean nothing);
-* Unicode and ASCII operators are tokens (`∑`, `√`, `≤`, `∣`, `⁻¹`, `^`, `%`), a run of symbol
-  characters being one token (`<->`, `:=`); brackets, commas and the type colon carry no meaning and go;
+* Unicode and ASCII operators are tokens (`∑`, `√`, `≤`, `∣`, `⁻¹`, `⁻¹'`, `^`, `%`, `<;>`), a run of
+  symbol characters being one token (`<->`, `=>`); brackets, commas, `:` and `:=` carry no meaning and go;
 * subscripts are dropped from local names (`h₀`, `h₁` are all `h`: their numbering is arbitrary);
 * the `theorem`/`lemma` keyword and the declaration's name are skipped by `statement_tokens`: a name
   such as `mathd_algebra_478` says where a problem came from, not what it says, and users name
@@ -184,7 +184,12 @@ def tokenize(text: str) -> list[str]:
     i = 0
     while i < n:
         c = text[i]
-        if c.isspace() or c in _PUNCT:
+        if c == ":" and text.startswith(":=", i):
+            i += 2  # definition syntax, in every statement and every `have`
+        elif c == "<" and text.startswith("<;>", i):
+            tokens.append("<;>")  # the tactic combinator, not two comparisons
+            i += 3
+        elif c.isspace() or c in _PUNCT:
             i += 1
         elif c.isdigit() and c.isascii():
             j = i
@@ -210,6 +215,9 @@ def tokenize(text: str) -> list[str]:
             j = i + 1
             while j < n:
                 d = text[j]
+                if d == "'" and j == i + 2 and text.startswith("⁻¹", i):
+                    j += 1  # `f ⁻¹' s`, the preimage, is not `x⁻¹`, the inverse
+                    break
                 if d.isspace() or d in _PUNCT or _is_ident_start(d) or (d.isdigit() and d.isascii()):
                     break
                 j += 1
