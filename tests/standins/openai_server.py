@@ -144,6 +144,7 @@ class CapacityStats:
         waits = sorted(self.waits)
         return {
             "standin": True,
+            "now_s": round(now, 6),  # the server's monotonic clock: windows between two snapshots
             "capacity": self.capacity,
             "latency_s": self.latency_s,
             "served": self.served,
@@ -190,12 +191,18 @@ class StandinState:
     def cached_prefix_tokens(self, prompt: str) -> int:
         """Like a radix cache: the longest prefix this prompt shares with an earlier one, in tokens."""
         best = 0
-        for earlier in self.prompts[-256:]:
-            n = min(len(earlier), len(prompt))
-            i = 0
-            while i < n and earlier[i] == prompt[i]:
-                i += 1
-            best = max(best, i)
+        for earlier in self.prompts[-64:]:
+            # Binary search on slice equality (compared in C): cheap enough for hundreds of requests a second.
+            lo, hi = best, min(len(earlier), len(prompt))
+            if earlier[:lo] != prompt[:lo]:
+                continue
+            while lo < hi:
+                mid = (lo + hi + 1) // 2
+                if earlier[:mid] == prompt[:mid]:
+                    lo = mid
+                else:
+                    hi = mid - 1
+            best = lo
         return best // 4
 
 
