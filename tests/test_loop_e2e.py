@@ -78,8 +78,7 @@ def test_failed_first_round_is_repaired_in_round_two(harness: ServiceHarness) ->
 
     assert job["status"] == "proved", job
     assert [(a["round"], a["verdict"]) for a in job["attempts"]] == [(1, "fail"), (2, "pass")]
-    first, second = job["attempts"]
-    assert LEAN_MESSAGE in first["feedback"]
+    assert LEAN_MESSAGE in job["attempts"][0]["feedback"]
     for attempt in job["attempts"]:
         assert attempt["usage"]["completion_tokens"] > 0
         assert attempt["timings"]["generate_ms"] >= 0 and attempt["timings"]["verify_ms"] >= 0
@@ -157,7 +156,7 @@ def test_wait_returns_the_finished_job(harness: ServiceHarness) -> None:
     harness.start_worker("verify")
     with harness.client() as client:
         response = client.post("/v1/prove?wait=30", json=_body())
-    assert response.status_code == 200
+    assert response.status_code == 200, response.json()
     assert response.json()["status"] == "proved"
     assert response.headers["location"] == f"/v1/prove/{response.json()['id']}"
     with harness.client() as client:
@@ -295,3 +294,37 @@ def test_generator_returning_500s_ends_the_job_with_error(harness: ServiceHarnes
     assert "generator" in job["error"]
     # bounded: (client retries + 1) x (RQ retries + 1) requests, then the job gave up
     assert 1 < len(harness.chat_requests()) <= (2 + 1) * (3 + 1)
+
+
+def test_a_verified_proof_is_retrieved_by_a_later_job_but_never_for_its_own_statement(
+    harness: ServiceHarness,
+) -> None:
+    _standard_lean(harness)
+    harness.generator.script(
+        [{"match": "theorem mathd_algebra_159 ", "content": _block(GOOD)}], default={"content": _block(WRONG)}
+    )
+    harness.start_gateway()
+    harness.start_worker("generate")
+    harness.start_worker("verify")
+    first = harness.wait_job(harness.submit(_body(rounds=1))["id"])
+    assert first["status"] == "proved"
+    remembered = Queue("memory", connection=harness.redis)
+    deadline = time.monotonic() + 20
+    while remembered.finished_job_registry.count == 0:
+        assert time.monotonic() < deadline, harness.log("generate-worker")[-3000:]
+        time.sleep(0.1)
+
+    similar = (
+        PROBLEM["formal_statement"]
+        .replace("mathd_algebra_159", "mathd_algebra_159_variant")
+        .replace("(h₁ : f 1 = 1) : b = -2", "(h₁ : f 1 = 2) : b = -3")
+    )
+    assert similar != PROBLEM["formal_statement"]
+    harness.generator.reset()
+    harness.generator.script([], default={"content": _block(WRONG)})
+    harness.wait_job(harness.submit({"formal_statement": similar, "rounds": 1})["id"])
+    harness.wait_job(harness.submit(_body(rounds=1))["id"])
+    similar_prompt, own_prompt = (json.dumps(r["messages"], ensure_ascii=False) for r in harness.chat_requests())
+    assert "mathd_algebra_159_variant" in similar_prompt
+    assert GOOD_MARK in similar_prompt  # the earlier job's verified proof, retrieved
+    assert GOOD_MARK not in own_prompt  # never the target's own proof

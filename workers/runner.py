@@ -49,7 +49,7 @@ from workers.context import WorkerContext
 logger = logging.getLogger(__name__)
 
 # How long an idle worker thread blocks on Redis before looking at the stop flag again.
-DEQUEUE_POLL_S = 5
+DEQUEUE_POLL_S = 2
 # How often a verify worker re-announces its Lean versions (below keys.LEAN_WORKER_TTL_S).
 ANNOUNCE_EVERY_S = 20
 
