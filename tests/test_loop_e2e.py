@@ -206,13 +206,14 @@ def test_oprover_prove_against_oprover_up(harness: ServiceHarness, tmp_path) -> 
     harness.generator.script([], default={"content": _block(GOOD)})
     port = free_port()
     env = {**os.environ, **harness.env, "OPROVER_GENERATOR_CONCURRENCY": "2"}
-    up = subprocess.Popen(
-        [sys.executable, "-m", "api.cli", "up", "--port", str(port)],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=open(tmp_path / "up.log", "wb"),
-    )
+    with open(tmp_path / "up.log", "wb") as log:  # the child keeps its own copy of the descriptor
+        up = subprocess.Popen(
+            [sys.executable, "-m", "api.cli", "up", "--port", str(port)],
+            cwd=ROOT,
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=log,
+        )
     try:
         deadline = time.monotonic() + 40
         while time.monotonic() < deadline:
