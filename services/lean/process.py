@@ -162,17 +162,34 @@ class ReplProcess:
         return self.proc.poll() is None
 
     def rss_mb(self) -> float:
-        """Resident memory of the REPL and its children (`lake env` runs the repl as a child)."""
-        try:
-            root = psutil.Process(self.pid)
-            procs = [root, *root.children(recursive=True)]
-        except psutil.Error:
-            return 0.0
+        """Resident memory of the REPL and its descendants (`lake env` runs the repl as a child).
+
+        Reads /proc/PID/task/*/children (no scan of every process, unlike psutil's `children()`), which matters
+        because it runs after every check; falls back to psutil where that file does not exist."""
         total = 0
-        for proc in procs:
+        for pid in self._tree():
             with contextlib.suppress(psutil.Error):
-                total += proc.memory_info().rss
+                total += psutil.Process(pid).memory_info().rss
         return total / (1024 * 1024)
+
+    def _tree(self) -> list[int]:
+        pids, todo = [], [self.pid]
+        while todo:
+            pid = todo.pop()
+            pids.append(pid)
+            try:
+                for task in os.listdir(f"/proc/{pid}/task"):
+                    with open(f"/proc/{pid}/task/{task}/children") as handle:
+                        todo += [int(child) for child in handle.read().split()]
+            except FileNotFoundError:
+                if pid == self.pid and os.path.exists(f"/proc/{pid}"):
+                    try:
+                        return [pid, *(c.pid for c in psutil.Process(pid).children(recursive=True))]
+                    except psutil.Error:
+                        return pids
+            except (OSError, ValueError):
+                continue
+        return pids
 
     # -- requests ------------------------------------------------------------------------------------------
     def request(self, cmd: str, env: int | None, *, deadline: float) -> ReplReply:
