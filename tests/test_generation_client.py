@@ -369,3 +369,38 @@ def test_async_client_requires_a_url():
     with pytest.raises(GeneratorError) as info:
         AsyncGenerationClient(GeneratorSettings())
     assert info.value.transient is False
+
+
+def test_model_discovery_failure_is_retried_like_any_transient_failure():
+    script = Script(
+        httpx.ConnectError("refused"),
+        httpx.Response(200, json={"data": [{"id": "late-model"}]}),
+        httpx.Response(200, json=ok_body()),
+    )
+    with GenerationClient(settings(model=None), transport=httpx.MockTransport(script)) as client:
+        completion = client.complete(MESSAGES, SAMPLING, request_id="r")
+    assert completion.attempts == 2
+    assert script.bodies()[0]["model"] == "late-model"
+
+
+def test_close_releases_threads_waiting_on_a_running_call(standin):
+    standin.reset()
+    standin.script([], default={"content": "late", "delay_s": 10})
+    client = GenerationClient(settings(standin.url, stream=True))
+    errors: list[BaseException] = []
+
+    def call() -> None:
+        try:
+            client.complete(MESSAGES, SAMPLING, request_id="r")
+        except BaseException as exc:
+            errors.append(exc)
+
+    thread = threading.Thread(target=call)
+    thread.start()
+    time.sleep(0.3)
+    client.close()
+    thread.join(timeout=5)
+    assert not thread.is_alive()
+    assert len(errors) == 1 and isinstance(errors[0], GeneratorError) and errors[0].transient
+    with pytest.raises(GeneratorError):
+        client.complete(MESSAGES, SAMPLING, request_id="after-close")

@@ -34,6 +34,7 @@ import random
 import threading
 import time
 from collections.abc import Mapping
+from concurrent.futures import CancelledError as FutureCancelledError
 from concurrent.futures import Future
 from concurrent.futures import TimeoutError as FutureTimeoutError
 from dataclasses import dataclass, field, replace
@@ -265,13 +266,15 @@ class AsyncGenerationClient:
         settings = self.settings
         started = time.monotonic()
         budget_end = started + settings.retry_budget_s
-        model = await self.model()
         attempt = 0
         while True:
             attempt += 1
             try:
+                model = await self.model()
                 async with asyncio.timeout(settings.request_timeout_s):
                     completion = await self._attempt(messages, sampling, model, request_id, attempt, extra)
+            except GeneratorError as exc:  # the model list could not be read
+                failure = _Failure(exc.message, transient=exc.transient)
             except TimeoutError:
                 failure = _Failure(f"no complete answer within {settings.request_timeout_s:g}s", transient=True)
             except _Failure as exc:
@@ -470,16 +473,20 @@ class GenerationClient:
             coro.close()
             raise GeneratorError("the generation client is closed", transient=True)
         future: Future[Any] = asyncio.run_coroutine_threadsafe(coro, self._loop)
-        if cancel is None:
-            return future.result()
-        while True:
-            try:
-                return future.result(timeout=0.25)
-            except FutureTimeoutError:
-                if cancel.is_set():
-                    # Cancelling the task closes the HTTP stream; SGLang aborts a request whose client left.
-                    future.cancel()
-                    raise GenerationCancelled("generation cancelled by the caller") from None
+        try:
+            if cancel is None:
+                return future.result()
+            while True:
+                try:
+                    return future.result(timeout=0.25)
+                except FutureTimeoutError:
+                    if cancel.is_set():
+                        # Cancelling the task closes the HTTP stream; SGLang aborts a request whose client left.
+                        future.cancel()
+                        raise GenerationCancelled("generation cancelled by the caller") from None
+        except FutureCancelledError:
+            # close() cancelled the calls still running: the round is worth retrying elsewhere.
+            raise GeneratorError("the generation client was closed during the call", transient=True) from None
 
     def complete(
         self,
@@ -500,12 +507,21 @@ class GenerationClient:
         self._call(self._client.health())
 
     def close(self) -> None:
+        """Cancel the calls still running (their threads get a transient GeneratorError), then close the pool."""
         if self._closed:
             return
         with contextlib.suppress(Exception):
-            self._call(self._client.aclose())
+            self._call(self._shutdown())
         self._closed = True
         self._stop_loop()
+
+    async def _shutdown(self) -> None:
+        current = asyncio.current_task()
+        pending = [task for task in asyncio.all_tasks() if task is not current]
+        for task in pending:
+            task.cancel()
+        await asyncio.gather(*pending, return_exceptions=True)
+        await self._client.aclose()
 
     def _stop_loop(self) -> None:
         self._loop.call_soon_threadsafe(self._loop.stop)
