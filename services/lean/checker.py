@@ -14,7 +14,6 @@ infrastructure failures that a retry could fix raise `LeanError`.
 
 from __future__ import annotations
 
-import json
 import logging
 import re
 import time
@@ -29,6 +28,9 @@ from services.lean.policy import STANDARD_AXIOMS, Composed, compose, header_part
 from services.lean.pool import HeaderError, ReplPool
 from services.lean.process import ReplFailure
 from services.lean.protocol import LeanMessage, ReplReply, Sorry
+from services.lean.setup import mathlib_revision
+from services.lean.strict import run_strict
+from services.leantext import parse_statement
 from services.settings import LeanSettings
 
 logger = logging.getLogger(__name__)
@@ -160,6 +162,10 @@ class LeanChecker:
                     detail = _failure_text(failure)
                 note = LeanMessage(severity="error", data=detail, source="checker")
                 return done(verdict, [note], detail=detail)
+        if not problem and self.settings.strict and composed.target and formal_statement is not None:
+            reference = header.rstrip("\n") + "\n\n" + parse_statement(formal_statement).head + " by\n  sorry\n"
+            strict = run_strict(self.settings, compiled=compiled, reference=reference, name=composed.target)
+            problem = "" if strict.ok else f"strict mode: {strict.reason}"
         if problem:
             note = LeanMessage(severity="error", data=problem, source="checker")
             return done(Verdict.FAIL, [*messages, note], axioms=axioms, detail=problem)
@@ -241,16 +247,5 @@ def _failure_text(failure: ReplFailure) -> str:
 def _configured_versions(settings: LeanSettings) -> dict[str, str]:
     mathlib = settings.mathlib_version
     if mathlib is None and settings.cwd is not None:
-        mathlib = _manifest_rev(Path(settings.cwd) / "lake-manifest.json", "mathlib")
+        mathlib = mathlib_revision(Path(settings.cwd))
     return {"mathlib": mathlib or "unknown", "repl": settings.repl_version or "unknown"}
-
-
-def _manifest_rev(path: Path, package: str) -> str | None:
-    try:
-        manifest = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError):
-        return None
-    for entry in manifest.get("packages", []):
-        if entry.get("name") == package:
-            return str(entry.get("rev") or entry.get("inputRev") or "") or None
-    return None

@@ -79,7 +79,7 @@ def setup_lean_project(
     except SetupFailed as exc:
         out(f"oprover lean setup failed: {exc}")
         return exc.code
-    mathlib_rev = _manifest_rev(mathlib) or version
+    mathlib_rev = mathlib_revision(mathlib) or version
     out("Lean is ready. Use these settings (e.g. in .env):")
     out(f"OPROVER_LEAN_CMD='lake env {binary}'")
     out(f"OPROVER_LEAN_CWD={mathlib}")
@@ -148,7 +148,7 @@ def _check_toolchain(project: Path, toolchain: str) -> None:
         )
 
 
-def _manifest_rev(project: Path) -> str | None:
+def mathlib_revision(project: Path) -> str | None:
     """Mathlib's commit: from a project's lake-manifest, or (in Mathlib's own clone) from git's HEAD."""
     try:
         manifest = json.loads((project / "lake-manifest.json").read_text(encoding="utf-8"))
