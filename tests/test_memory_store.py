@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from services.errors import MemoryError_
-from services.memory import ProofMemory, VerifiedProof
+from services.memory import ProofMemory, VerifiedProof, format_stats
 from services.settings import QdrantSettings
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -246,6 +246,9 @@ def test_health_stats_and_close(memory: ProofMemory, sample: list[dict]) -> None
     assert stats["backend"] == "embedded"
     assert stats["points"] == 3
     assert stats["dense_vector"] is False
+    lines = format_stats(stats).splitlines()
+    assert len(lines) == len(stats)
+    assert any(line.split() == ["points", "3"] for line in lines)
     memory.close()
     with pytest.raises(MemoryError_, match="closed"):
         memory.health()
@@ -289,3 +292,34 @@ def test_the_index_is_rebuilt_from_the_store_on_restart(tmp_path: Path, sample: 
         before = memory.search(target, top_k=5)
     with ProofMemory(settings) as memory:
         assert memory.search(target, top_k=5) == before
+
+
+def test_server_collection_settings_for_millions_of_points() -> None:
+    """No server runs here: check the creation arguments against qdrant-client's own API and models."""
+    import inspect
+
+    from qdrant_client import QdrantClient, models
+
+    from services.memory.store import collection_config
+
+    settings = QdrantSettings(url="http://qdrant:6333", hnsw_m=48, hnsw_ef_construct=300)
+    config = collection_config(settings, dense_size=1024, server=True)
+    assert set(config) <= set(inspect.signature(QdrantClient.create_collection).parameters)
+    request = models.CreateCollection(
+        vectors=config["vectors_config"],
+        sparse_vectors=config["sparse_vectors_config"],
+        on_disk_payload=config["on_disk_payload"],
+        hnsw_config=config["hnsw_config"],
+        quantization_config=config["quantization_config"],
+    )
+    assert request.vectors["dense"].on_disk is True and request.vectors["dense"].size == 1024
+    assert request.sparse_vectors["lex"].modifier == models.Modifier.IDF
+    assert request.sparse_vectors["lex"].index.on_disk is True
+    assert request.on_disk_payload is True
+    assert (request.hnsw_config.m, request.hnsw_config.ef_construct, request.hnsw_config.on_disk) == (48, 300, False)
+    scalar = request.quantization_config.scalar
+    assert (scalar.type, scalar.always_ram) == (models.ScalarType.INT8, True)
+    # lexical only, and the embedded variant carries none of the server-only settings
+    assert collection_config(settings, dense_size=None, server=True)["vectors_config"] == {}
+    embedded = collection_config(QdrantSettings(), dense_size=None, server=False)
+    assert set(embedded) == {"vectors_config", "sparse_vectors_config"}

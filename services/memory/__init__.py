@@ -11,7 +11,7 @@ See docs/memory.md for the schema, the server settings and the benchmark.
 
 from services.memory.importer import ImportSummary, export_proofs, import_proofs
 from services.memory.schema import VerifiedProof, body_hash, proof_hash, statement_hash
-from services.memory.store import ProofMemory, load_exclusions
+from services.memory.store import ProofMemory, format_stats, load_exclusions
 from services.memory.tokenizer import statement_tokens, tokenize
 
 __all__ = [
@@ -20,6 +20,7 @@ __all__ = [
     "VerifiedProof",
     "body_hash",
     "export_proofs",
+    "format_stats",
     "import_proofs",
     "load_exclusions",
     "proof_hash",

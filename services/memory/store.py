@@ -118,6 +118,47 @@ def _check_embedded_lock(path: Path) -> None:
         portalocker.unlock(handle)
 
 
+def format_stats(stats: dict[str, Any]) -> str:
+    """`ProofMemory.stats()` as aligned `key  value` lines, for `oprover memory stats`."""
+    width = max(len(key) for key in stats)
+    return "\n".join(f"{key.replace('_', ' '):<{width}}  {value}" for key, value in stats.items())
+
+
+def collection_config(settings: QdrantSettings, *, dense_size: int | None, server: bool) -> dict[str, Any]:
+    """Arguments of `create_collection` for where the collection lives.
+
+    Server (millions of points): payload on disk (proof texts are most of the bytes); the sparse
+    inverted index on disk (memory-mapped; the page cache keeps the hot posting lists); and for the
+    optional dense vector, originals on disk with an int8 copy in RAM (4x smaller, rescored against the
+    originals) under an HNSW graph kept in RAM. Embedded: none of that exists in local mode (it would
+    only warn), so plain vectors.
+    """
+    vectors: dict[str, models.VectorParams] = {}
+    if dense_size is not None:
+        vectors[DENSE_VECTOR] = models.VectorParams(
+            size=dense_size, distance=models.Distance.COSINE, on_disk=True if server else None
+        )
+    config: dict[str, Any] = {
+        "vectors_config": vectors,
+        "sparse_vectors_config": {
+            SPARSE_VECTOR: models.SparseVectorParams(
+                modifier=models.Modifier.IDF,
+                index=models.SparseIndexParams(on_disk=True) if server else None,
+            )
+        },
+    }
+    if server:
+        config["on_disk_payload"] = True
+        config["hnsw_config"] = models.HnswConfigDiff(
+            m=settings.hnsw_m, ef_construct=settings.hnsw_ef_construct, on_disk=False
+        )
+        if settings.int8:
+            config["quantization_config"] = models.ScalarQuantization(
+                scalar=models.ScalarQuantizationConfig(type=models.ScalarType.INT8, quantile=0.99, always_ram=True)
+            )
+    return config
+
+
 @contextlib.contextmanager
 def _warnings_to_log() -> Iterator[None]:
     """Turn the embedded client's warnings into one log line each.
@@ -241,60 +282,34 @@ class ProofMemory:
             exists = self._call(self._client.collection_exists, self.collection)
         if exists:
             self._check_schema()
-            return
-        dense_size = self._dense_size()
-        vectors: dict[str, models.VectorParams] = {}
-        if dense_size is not None:
-            vectors[DENSE_VECTOR] = models.VectorParams(
-                size=dense_size, distance=models.Distance.COSINE, on_disk=self.server or None
-            )
-        sparse = {
-            SPARSE_VECTOR: models.SparseVectorParams(
-                modifier=models.Modifier.IDF,
-                index=models.SparseIndexParams(on_disk=True) if self.server else None,
-            )
-        }
-        extra: dict[str, Any] = {}
+        else:
+            self._create_collection()
         if self.server:
-            extra = {
-                "on_disk_payload": True,
-                "hnsw_config": models.HnswConfigDiff(
-                    m=self.settings.hnsw_m, ef_construct=self.settings.hnsw_ef_construct, on_disk=False
-                ),
-            }
-            if self.settings.int8:
-                extra["quantization_config"] = models.ScalarQuantization(
-                    scalar=models.ScalarQuantizationConfig(type=models.ScalarType.INT8, quantile=0.99, always_ram=True)
-                )
+            self._ensure_payload_indexes()
+
+    def _ensure_payload_indexes(self) -> None:
+        """Server only (local mode ignores them, and warns): keyword/float indexes on the filtered fields.
+
+        Checked at every start, so a collection whose creation was interrupted gets them too.
+        """
+        with self._lock:
+            present = set(self._call(self._client.get_collection, self.collection).payload_schema or {})
+            wanted = [(name, models.PayloadSchemaType.KEYWORD) for name in KEYWORD_FIELDS]
+            wanted += [(name, models.PayloadSchemaType.FLOAT) for name in FLOAT_FIELDS]
+            for name, schema in wanted:
+                if name not in present:
+                    self._call(self._client.create_payload_index, self.collection, name, field_schema=schema)
+
+    def _create_collection(self) -> None:
+        dense_size = self._dense_size()
+        config = collection_config(self.settings, dense_size=dense_size, server=self.server)
         with self._lock:
             try:
-                self._call(
-                    self._client.create_collection,
-                    self.collection,
-                    vectors_config=vectors,
-                    sparse_vectors_config=sparse,
-                    **extra,
-                )
+                self._call(self._client.create_collection, self.collection, **config)
             except MemoryError_:
                 # Another process may have created it a moment ago (a server is shared).
                 if not self._call(self._client.collection_exists, self.collection):
                     raise
-            if self.server:
-                # Local mode ignores payload indexes (and warns); a server needs them for filters at scale.
-                for name in KEYWORD_FIELDS:
-                    self._call(
-                        self._client.create_payload_index,
-                        self.collection,
-                        name,
-                        field_schema=models.PayloadSchemaType.KEYWORD,
-                    )
-                for name in FLOAT_FIELDS:
-                    self._call(
-                        self._client.create_payload_index,
-                        self.collection,
-                        name,
-                        field_schema=models.PayloadSchemaType.FLOAT,
-                    )
         logger.info(
             "memory: created collection %s (%s, dense=%s)",
             self.collection,
