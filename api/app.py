@@ -7,6 +7,7 @@ from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 
 from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
 
 from api import health, prove, verify
 from api.deps import Gateway
@@ -35,6 +36,14 @@ def create_app(settings: Settings) -> FastAPI:
         summary="Send a Lean 4 theorem, get back a proof that Lean has checked.",
         lifespan=lifespan,
     )
+    if settings.api.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.api.cors_origins,
+            allow_methods=["*"],
+            allow_headers=["*"],
+            expose_headers=["Location"],
+        )
     install_error_handlers(app)
     app.include_router(prove.router)
     app.include_router(verify.router)

@@ -79,14 +79,17 @@ def cmd_worker(args: argparse.Namespace) -> int:
 def cmd_up(args: argparse.Namespace) -> int:
     """Gateway and one worker of each kind on this machine; Ctrl-C stops them all."""
     _setup_logging(args.verbose)
-    _settings()  # fail fast, once, with a clear message
+    settings = _settings()  # fail fast, once, with a clear message
+    children: dict[str, subprocess.Popen[bytes]] = {}
+    redis_server = _local_redis(settings.redis.url)
+    if redis_server is not None:
+        children["redis"] = redis_server
     base = [sys.executable, "-m", "api.cli"]
     commands = {
         "gateway": [*base, "serve", "--host", args.host, "--port", str(args.port)],
         "generate-worker": [*base, "worker", "generate"],
         "verify-worker": [*base, "worker", "verify"],
     }
-    children: dict[str, subprocess.Popen[bytes]] = {}
     stopping = False
 
     def stop(*_: Any) -> None:
@@ -97,18 +100,19 @@ def cmd_up(args: argparse.Namespace) -> int:
             return
         stopping = True
         logger.info("stopping %s", ", ".join(children))
-        for child in children.values():
-            if child.poll() is None:
+        for name, child in children.items():
+            if child.poll() is None and name != "redis":
                 child.send_signal(signal.SIGTERM)
 
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
     for name, command in commands.items():
-        children[name] = subprocess.Popen(command)
+        # Own sessions: a terminal's Ctrl-C reaches only `up`, which stops each child once, in order.
+        children[name] = subprocess.Popen(command, start_new_session=True)
         logger.info("started %s (pid %d)", name, children[name].pid)
     logger.info("oprover up: gateway on http://%s:%d (Ctrl-C stops everything)", args.host, args.port)
     exit_code = 0
-    while children:
+    while any(name != "redis" for name in children):
         for name, child in list(children.items()):
             code = child.poll()
             if code is None:
@@ -119,7 +123,57 @@ def cmd_up(args: argparse.Namespace) -> int:
                 exit_code = 1
                 stop()
         time.sleep(0.2)
+    if "redis" in children:  # last, so the workers could still write what they finished
+        children["redis"].terminate()
+        children["redis"].wait(timeout=30)
     return exit_code
+
+
+def _local_redis(url: str) -> subprocess.Popen[bytes] | None:
+    """Start a redis-server for `up` when the configured one is local, not running, and Redis is installed."""
+    import shutil
+    from urllib.parse import urlparse
+
+    import redis
+
+    try:
+        redis.Redis.from_url(url, socket_connect_timeout=1).ping()
+        return None
+    except redis.exceptions.ConnectionError:
+        pass
+    parsed = urlparse(url)
+    binary = shutil.which("redis-server")
+    if parsed.hostname not in ("127.0.0.1", "localhost") or binary is None:
+        raise SystemExit(f"oprover up: Redis at {url} is not reachable (and no local redis-server to start)")
+    data = Path("data/redis").resolve()
+    data.mkdir(parents=True, exist_ok=True)
+    # AOF on and eviction off, as in deployment: queued rounds and job records must survive a restart.
+    process = subprocess.Popen(
+        [
+            binary,
+            "--port",
+            str(parsed.port or 6379),
+            "--bind",
+            "127.0.0.1",
+            "--dir",
+            str(data),
+            "--appendonly",
+            "yes",
+            "--maxmemory-policy",
+            "noeviction",
+        ],
+        stdout=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    for _ in range(100):
+        try:
+            redis.Redis.from_url(url, socket_connect_timeout=1).ping()
+            logger.info("started redis-server on port %s (data in %s)", parsed.port or 6379, data)
+            return process
+        except redis.exceptions.ConnectionError:
+            time.sleep(0.1)
+    process.kill()
+    raise SystemExit(f"oprover up: could not start redis-server for {url}")
 
 
 # --- client commands ------------------------------------------------------------------------------------------------

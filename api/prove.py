@@ -22,6 +22,7 @@ from services import keys
 from services.domain import TERMINAL_STATUSES, JobStatus
 from services.errors import RequestError
 from services.leantext import parse_statement
+from services.prompts import PromptProfile, load_profile
 from services.store import JobSpec, read_events_async
 
 logger = logging.getLogger(__name__)
@@ -56,31 +57,34 @@ class ProveService:
             raise RequestError("header is too long", param="header", code="too_long")
         profile = self._profile(req.prompt_profile)
         lean_version = self.resolve_lean_version(req.lean_version)
-        sampling = req.sampling
+        # request > deployment override > the profile's own default (what the model was trained with)
+        asked = req.sampling.model_dump(exclude_none=True) if req.sampling else {}
+        sampling = {
+            name: asked.get(
+                name, getattr(prove, name) if getattr(prove, name) is not None else getattr(profile.sampling, name)
+            )
+            for name in ("temperature", "top_p", "max_tokens")
+        }
         return JobSpec(
             formal_statement=req.formal_statement,
             header=header,
             rounds=rounds,
             attempts=attempts,
             top_k=req.top_k if req.top_k is not None else self.settings.qdrant.top_k,
-            temperature=sampling.temperature if sampling and sampling.temperature is not None else prove.temperature,
-            top_p=sampling.top_p if sampling and sampling.top_p is not None else prove.top_p,
-            max_tokens=sampling.max_tokens if sampling and sampling.max_tokens is not None else prove.max_tokens,
+            temperature=sampling["temperature"],
+            top_p=sampling["top_p"],
+            max_tokens=sampling["max_tokens"],
             informal_statement=req.informal_statement,
-            prompt_profile=profile,
+            prompt_profile=profile.name,
             lean_version=lean_version,
             metadata=req.metadata or {},
         )
 
-    def _profile(self, name: str | None) -> str:
-        from services.prompts import load_profile
-
-        chosen = name or self.settings.prompt.profile
+    def _profile(self, name: str | None) -> PromptProfile:
         try:
-            load_profile(chosen, extra_dir=self.settings.prompt.dir)
+            return load_profile(name or self.settings.prompt.profile, extra_dir=self.settings.prompt.dir)
         except RequestError as exc:
             raise RequestError(exc.message, param="prompt_profile", code="unknown_prompt_profile") from None
-        return chosen
 
     def lean_versions(self) -> dict[str, dict[str, Any]]:
         """Lean versions served right now, from what live verify workers announce, plus the default."""

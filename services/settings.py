@@ -112,6 +112,12 @@ class QdrantSettings(BaseModel):
     hnsw_ef_construct: int = Field(256, ge=4, description="Server only: HNSW build-time candidate list.")
     hnsw_ef: int = Field(128, ge=4, description="Server only: HNSW search-time candidate list.")
     int8: bool = Field(True, description="Server only: int8 scalar quantization in RAM, originals on disk.")
+    embedded_index: bool = Field(
+        True, description="Embedded only: score lexical queries with an in-process inverted index (fast)."
+    )
+    embedded_fast_writes: bool = Field(
+        True, description="Embedded only: SQLite WAL without fsync per point (survives a killed process)."
+    )
 
 
 class ApiSettings(BaseModel):
@@ -119,7 +125,9 @@ class ApiSettings(BaseModel):
         default_factory=list, description="Comma-separated bearer keys; empty = open (warned at start)."
     )
     max_wait_s: float = Field(600.0, gt=0, description="Largest `?wait=` a client may ask for.")
-    cors_origins: Annotated[list[str], NoDecode] = Field(default_factory=list)
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Comma-separated origins browsers may call the API from; empty = none."
+    )
 
     @field_validator("keys", "cors_origins", mode="before")
     @classmethod
@@ -139,9 +147,9 @@ class ProveSettings(BaseModel):
     attempts: int = Field(1, ge=1, description="Default independent chains per job (pass@k).")
     max_rounds: int = Field(32, ge=1, description="Largest `rounds` a request may ask for.")
     max_attempts: int = Field(64, ge=1, description="Largest `attempts` a request may ask for.")
-    temperature: float = Field(0.6, ge=0, le=2)
-    top_p: float = Field(0.95, gt=0, le=1)
-    max_tokens: int = Field(16384, ge=1)
+    temperature: float | None = Field(None, ge=0, le=2, description="Overrides the prompt profile's temperature.")
+    top_p: float | None = Field(None, gt=0, le=1, description="Overrides the prompt profile's top_p.")
+    max_tokens: int | None = Field(None, ge=1, description="Overrides the prompt profile's max_tokens.")
     max_statement_chars: int = Field(20_000, ge=100, description="Longest formal statement accepted.")
     job_ttl_s: int = Field(7 * 24 * 3600, ge=60, description="How long a finished job stays readable.")
 
@@ -206,3 +214,23 @@ def require(value: object, env: str, why: str) -> None:
     """Fail start-up of a process that cannot work without `env`, saying what it is for."""
     if value in (None, ""):
         raise SettingsError(f"{env} is not set: {why}")
+
+
+def env_reference() -> list[tuple[str, str, str]]:
+    """(variable, default, description) for every setting: the source of README's settings table."""
+    rows = []
+    for service, field in Settings.model_fields.items():
+        model = field.default_factory() if field.default_factory else field.default  # type: ignore[call-arg]
+        for name, sub in type(model).model_fields.items():
+            default = getattr(model, name)
+            if isinstance(default, list):
+                default = ",".join(str(v) for v in default)
+            shown = "(unset)" if default in (None, "") else str(default).replace("\n", "\\n")
+            rows.append((f"OPROVER_{service.upper()}_{name.upper()}", shown, sub.description or ""))
+    return rows
+
+
+if __name__ == "__main__":  # `python -m services.settings` prints the table README documents
+    print("| variable | default | meaning |\n| --- | --- | --- |")
+    for env, default, description in env_reference():
+        print(f"| `{env}` | `{default}` | {description} |")

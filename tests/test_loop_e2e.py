@@ -139,11 +139,12 @@ def test_delete_stops_a_running_job(harness: ServiceHarness) -> None:
     with harness.client() as client:
         response = client.delete(f"/v1/prove/{job['id']}")
     assert response.status_code == 200 and response.json()["status"] == "cancelled"
-    time.sleep(3)  # the two in-flight generations finish; nothing follows them
+    time.sleep(3)  # had the in-flight generations gone on, they would have ended and been verified by now
     final = harness.wait_job(job["id"])
     assert final["status"] == "cancelled"
     assert len(harness.chat_requests()) == 2
-    assert all(a["verdict"] is None for a in final["attempts"])  # never verified
+    assert final["attempts"] == []  # both generations were aborted, nothing reached Lean
+    assert "aborted: the job is finished" in harness.log("generate-worker")
     with harness.client() as client:
         assert client.delete(f"/v1/prove/{job['id']}").status_code == 200  # idempotent
 
@@ -205,11 +206,13 @@ def test_oprover_prove_against_oprover_up(harness: ServiceHarness, tmp_path) -> 
     _standard_lean(harness)
     harness.generator.script([], default={"content": _block(GOOD)})
     port = free_port()
-    env = {**os.environ, **harness.env, "OPROVER_GENERATOR_CONCURRENCY": "2"}
+    # Nothing listens at this Redis URL: `oprover up` starts a redis-server of its own for it.
+    env = {**os.environ, **harness.env, "OPROVER_GENERATOR_CONCURRENCY": "2",
+           "OPROVER_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"}
     with open(tmp_path / "up.log", "wb") as log:  # the child keeps its own copy of the descriptor
         up = subprocess.Popen(
             [sys.executable, "-m", "api.cli", "up", "--port", str(port)],
-            cwd=ROOT,
+            cwd=tmp_path,
             env=env,
             stdout=subprocess.DEVNULL,
             stderr=log,
@@ -241,6 +244,7 @@ def test_oprover_prove_against_oprover_up(harness: ServiceHarness, tmp_path) -> 
     finally:
         up.send_signal(2)  # Ctrl-C
         assert up.wait(timeout=30) == 0
+    assert (tmp_path / "data" / "redis").is_dir()
 
 
 def test_verify_worker_killed_mid_check_is_retried(harness: ServiceHarness) -> None:

@@ -16,6 +16,7 @@ import redis
 
 from services.settings import Settings
 from services.store import JobStore
+from workers.cancellation import CancellationWatcher
 from workers.dispatch import Dispatcher
 
 if TYPE_CHECKING:
@@ -35,6 +36,7 @@ class WorkerContext:
     generator: GenerationClient | None = None
     checker: LeanChecker | None = None
     memory: ProofMemory | None = None
+    cancellation: CancellationWatcher | None = None
     _closed: bool = field(default=False, repr=False)
 
     @classmethod
@@ -59,6 +61,7 @@ class WorkerContext:
                 from services.generation import GenerationClient
 
                 ctx.generator = GenerationClient(settings.generator)
+                ctx.cancellation = CancellationWatcher(client)
             if memory:
                 from services.memory import ProofMemory
 
@@ -78,7 +81,7 @@ class WorkerContext:
         if self._closed:
             return
         self._closed = True
-        for name in ("checker", "generator", "memory"):
+        for name in ("cancellation", "checker", "generator", "memory"):
             resource = getattr(self, name)
             if resource is not None:
                 try:

@@ -33,9 +33,8 @@ def _ms(start: float) -> int:
 
 # --- generate ----------------------------------------------------------------------------------------------------
 def generate_round(job_id: str, chain: int, round_: int) -> dict[str, Any]:
+    from services.generation import GenerationCancelled, extract_code
     from services.prompts import load_profile
-
-    from services.generation import extract_code
 
     ctx = context.current()
     store = ctx.store
@@ -64,11 +63,22 @@ def generate_round(job_id: str, chain: int, round_: int) -> dict[str, Any]:
             temperature=spec.temperature,
             top_p=spec.top_p,
             max_tokens=spec.max_tokens,
-            stop=tuple(profile.sampling.get("stop", ())),
+            stop=profile.sampling.stop,
         )
         started = time.monotonic()
-        completion = ctx.generator.complete(messages, sampling, request_id=f"{job_id}:{chain}:{round_}")
+        assert ctx.cancellation is not None
+        with ctx.cancellation.watch(job_id) as cancelled:
+            completion = ctx.generator.complete(
+                messages,
+                sampling,
+                request_id=f"{job_id}-c{chain}-r{round_}",
+                extra=profile.request_extra,
+                cancel=cancelled,
+            )
         generate_ms = _ms(started)
+    except GenerationCancelled:
+        logger.info("job %s: generation of round %d chain %d aborted: the job is finished", job_id, round_, chain)
+        return {"skipped": "job finished during generation"}
     except DependencyError as exc:
         if exc.transient:
             raise
