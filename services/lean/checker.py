@@ -25,7 +25,7 @@ from services.domain import Verdict
 from services.errors import RequestError
 from services.lean.feedback import build_feedback
 from services.lean.policy import STANDARD_AXIOMS, Composed, compose, header_parts, parse_axioms_answer
-from services.lean.pool import HeaderError, ReplPool
+from services.lean.pool import HeaderError, Lease, ReplPool
 from services.lean.process import ReplFailure
 from services.lean.protocol import LeanMessage, ReplReply, Sorry
 from services.lean.setup import mathlib_revision
@@ -215,18 +215,21 @@ class LeanChecker:
         return Verdict.PASS, messages, ""
 
     @staticmethod
-    def _axioms(lease: Any, names: list[str], env: int, deadline: float) -> tuple[list[str], str]:
+    def _axioms(lease: Lease, names: list[str], env: int, deadline: float) -> tuple[list[str], str]:
         """Run `#print axioms` per name; return (union of axioms, problem or "")."""
         found: list[str] = []
         for name in names:
             reply = lease.process.request(f"#print axioms {name}", env, deadline=deadline)
-            answers = [parse_axioms_answer(m.data) for m in reply.messages if m.severity == "info"]
-            answers = [a for a in answers if a is not None]
+            answers = [
+                answer
+                for m in reply.messages
+                if m.severity == "info" and (answer := parse_axioms_answer(m.data)) is not None
+            ]
             if reply.error is not None or not answers or any(m.is_error for m in reply.messages):
                 why = reply.error or "; ".join(m.data for m in reply.messages) or "no answer"
                 return found, f"`#print axioms {name}` gave no standard answer ({why})"
             printed, axioms = answers[0]
-            if printed != name and not printed.endswith("." + name):
+            if printed != name:  # e.g. resolved inside a namespace the code left open: not our theorem
                 return found, f"`#print axioms {name}` answered about `{printed}`"
             found += [a for a in axioms if a not in found]
         extra = [a for a in found if a not in STANDARD_AXIOMS]
