@@ -1,8 +1,8 @@
 """An in-process inverted index of the sparse vectors, for embedded mode only.
 
 Embedded Qdrant scores a sparse query by looping over every stored vector in Python and evaluates a
-filter by looping over every payload: about 35 ms per 1,000 points, so 0.35 s at 10k points and
-3.5 s at 100k (measured, docs/memory.md). A server keeps an inverted index and answers in
+filter by looping over every payload: 0.6 s per query at 10k points and 4 s at 100k on the 2-core
+development machine (bench/bench_memory.py --native; docs/memory.md). A server keeps an inverted index and answers in
 milliseconds. This class is that inverted index for the one process that owns an embedded store:
 posting lists in flat arrays, scores with one `numpy.bincount`, exclusions as a mask.
 
