@@ -1,0 +1,107 @@
+"""The job store's transitions on a real Redis: exactly one terminal state, announced exactly once."""
+
+from __future__ import annotations
+
+import threading
+
+import pytest
+import redis
+
+from services import keys
+from services.errors import NotFound
+from services.store import JobSpec, JobStore
+
+
+def _spec(attempts: int = 3) -> JobSpec:
+    return JobSpec(formal_statement="theorem t : 1 = 1 := by", header="import Mathlib", rounds=2,
+                   attempts=attempts, top_k=0, temperature=0.6, top_p=0.95, max_tokens=64)
+
+
+@pytest.fixture
+def store(redis_client: redis.Redis) -> JobStore:
+    return JobStore(redis_client, job_ttl_s=120)
+
+
+def _terminal_events(store: JobStore, job_id: str) -> list[str]:
+    return [e.type for e in store.events(job_id) if e.type in {"job.proved", "job.failed", "job.cancelled",
+                                                               "job.error"}]
+
+
+def test_first_proof_wins_and_later_ones_change_nothing(store: JobStore) -> None:
+    job_id = store.create(_spec())
+    assert store.mark_running(job_id)
+    assert not store.mark_running(job_id)
+    assert store.finish_proved(job_id, chain=1, round_=2, proof="first")
+    assert not store.finish_proved(job_id, chain=0, round_=2, proof="second")
+    assert not store.cancel(job_id)
+    assert not store.fail_with_error(job_id, "late")
+    job = store.get(job_id)
+    assert (job["status"], job["proof"], job["proved_by"]) == ("proved", "first", {"chain": 1, "round": 2})
+    assert _terminal_events(store, job_id) == ["job.proved"]
+    assert 0 < store.redis.ttl(keys.job_key(job_id)) <= 120  # finished: the job TTL, not the long active one
+
+
+def test_concurrent_winners_produce_one_proof(store: JobStore) -> None:
+    job_id = store.create(_spec(attempts=16))
+    results: list[bool] = []
+    threads = [threading.Thread(target=lambda c=c: results.append(
+        store.finish_proved(job_id, chain=c, round_=1, proof=f"proof {c}"))) for c in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join()
+    assert results.count(True) == 1
+    assert _terminal_events(store, job_id) == ["job.proved"]
+
+
+def test_last_exhausted_chain_fails_the_job(store: JobStore) -> None:
+    job_id = store.create(_spec(attempts=3))
+    assert not store.chain_ended(job_id, 0)
+    assert not store.chain_ended(job_id, 2)
+    assert store.status(job_id).value == "queued"
+    assert store.chain_ended(job_id, 1)
+    assert store.get(job_id)["status"] == "failed"
+    assert not store.chain_ended(job_id, 1)  # a duplicate end changes nothing
+    assert _terminal_events(store, job_id) == ["job.failed"]
+
+
+def test_cancel_then_verdicts_do_not_revive_the_job(store: JobStore) -> None:
+    job_id = store.create(_spec())
+    assert store.cancel(job_id)
+    assert store.is_finished(job_id)
+    assert not store.finish_proved(job_id, chain=0, round_=1, proof="too late")
+    assert store.get(job_id)["status"] == "cancelled" and store.get(job_id)["proof"] is None
+
+
+def test_claims_are_granted_once(store: JobStore) -> None:
+    job_id = store.create(_spec())
+    assert store.claim(job_id, "gen:0:2")
+    assert not store.claim(job_id, "gen:0:2")
+    assert store.claim(job_id, "gen:1:2")
+
+
+def test_attempts_accumulate_usage_and_come_back_in_order(store: JobStore) -> None:
+    job_id = store.create(_spec())
+    for chain, round_ in ((1, 1), (0, 2), (0, 1)):
+        store.put_attempt(job_id, {"chain": chain, "round": round_, "verdict": None}, event="attempt.generated",
+                          usage={"prompt_tokens": 10, "completion_tokens": 5})
+    job = store.get(job_id)
+    assert [(a["chain"], a["round"]) for a in job["attempts"]] == [(0, 1), (0, 2), (1, 1)]
+    assert job["usage"] == {"generations": 3, "prompt_tokens": 30, "completion_tokens": 15}
+
+
+def test_unknown_job_is_not_found_naming_the_id(store: JobStore) -> None:
+    with pytest.raises(NotFound) as info:
+        store.get("prf_missing")
+    assert info.value.param == "id"
+    with pytest.raises(NotFound):
+        store.cancel("prf_missing")
+
+
+def test_events_resume_after_an_id(store: JobStore) -> None:
+    job_id = store.create(_spec())
+    store.mark_running(job_id)
+    store.cancel(job_id)
+    events = store.events(job_id)
+    assert [e.type for e in events] == ["job.created", "job.running", "job.cancelled"]
+    assert [e.type for e in store.events(job_id, after=events[0].id)] == ["job.running", "job.cancelled"]
