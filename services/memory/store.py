@@ -236,7 +236,8 @@ class ProofMemory:
         restore. The connection is not public API, hence the guarded reach and the setting to turn it off.
         """
         try:
-            connection = self._client._client.collections[self.collection].storage.storage
+            local = self._client._client  # QdrantLocal: private, hence the guard and the setting
+            connection = local.collections[self.collection].storage.storage  # type: ignore[attr-defined]
             with self._lock:
                 connection.execute("PRAGMA journal_mode=WAL")
                 connection.execute("PRAGMA synchronous=NORMAL")
@@ -378,6 +379,8 @@ class ProofMemory:
         """
         if top_k <= 0:
             return []
+        if isinstance(exclude, str):  # one statement, not an iterable of characters
+            exclude = [exclude]
         banned = {body_hash(formal_statement), *(body_hash(s) for s in exclude), *self._excluded}
         tokens = statement_tokens(formal_statement)
         dense = self._embeddings.embed([formal_statement])[0] if self._embeddings is not None else None
@@ -570,10 +573,11 @@ class ProofMemory:
         dense: list[list[float]] | None = None
         if self._embeddings is not None:
             dense = self._embeddings.embed([unique[pid].formal_statement for pid in fresh])
-        points = []
+        points: list[models.PointStruct] = []
+        sparse: dict[str, tuple[list[int], list[float]]] = {}
         for i, pid in enumerate(fresh):
             proof = unique[pid]
-            indices, values = document_vector(proof.tokens())
+            indices, values = sparse[pid] = document_vector(proof.tokens())
             vector: dict[str, Any] = {SPARSE_VECTOR: models.SparseVector(indices=indices, values=values)}
             if dense is not None:
                 vector[DENSE_VECTOR] = dense[i]
@@ -587,15 +591,8 @@ class ProofMemory:
                 self._call(self._client.upsert, self.collection, points=points, wait=True)
                 if self._index is not None:
                     for point in points:
-                        sparse = point.vector[SPARSE_VECTOR]  # type: ignore[index]
-                        payload = point.payload or {}
-                        self._index.add(
-                            str(point.id),
-                            payload["statement_hash"],
-                            payload["body_hash"],
-                            sparse.indices,
-                            sparse.values,
-                        )
+                        pid = str(point.id)
+                        self._index.add(pid, unique[pid].statement_hash, unique[pid].body_hash, *sparse[pid])
         return len(points)
 
     def close(self) -> None:
