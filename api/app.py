@@ -9,7 +9,7 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
-from api import health, prove, verify
+from api import health, models, prove, verify
 from api.deps import Gateway
 from api.errors import install_error_handlers
 from services.settings import Settings
@@ -47,5 +47,6 @@ def create_app(settings: Settings) -> FastAPI:
     install_error_handlers(app)
     app.include_router(prove.router)
     app.include_router(verify.router)
+    app.include_router(models.router)
     app.include_router(health.router)
     return app

@@ -129,3 +129,11 @@ def test_a_second_lean_version_gets_its_own_queue(service: ServiceHarness) -> No
     message = unknown.json()["error"]["message"]
     assert "v4.9.0" in message and "v4.15.0" in message
     assert "verify-v4.9.0" in service.log("verify-v4-9")
+    with service.client() as client:
+        listed = client.get("/v1/models").json()["data"][0]
+        ready = client.get("/readyz").json()
+    assert listed["id"] == "oprover"
+    assert set(listed["lean"]) == {"v4.15.0", "v4.9.0"}
+    assert listed["lean"]["v4.9.0"]["workers"] == 1 and listed["lean"]["v4.15.0"]["workers"] == 1
+    assert "oprover" in listed["prompt_profiles"]
+    assert {w["version"] for w in ready["checks"]["lean"]["workers"]} == {"v4.15.0", "v4.9.0"}
