@@ -221,3 +221,25 @@ def test_progress_bar_shows_rate_and_eta(memory: ProofMemory, capsys: pytest.Cap
     import_proofs(memory, SAMPLE, progress=True, batch_size=100)
     err = capsys.readouterr().err
     assert "338/338" in err and "rec/s" in err and "added=338" in err
+
+
+@pytest.mark.parametrize("fmt", ["jsonl", "parquet", "arrow"])
+def test_every_reader_resumes_exactly_after_any_record(tmp_path: Path, records: list[dict], fmt: str) -> None:
+    """The checkpoint cursor of each format: restarting after record k yields exactly records k+1..n."""
+    from services.memory.importer import FIELD_ALIASES, _records
+
+    rows = [{"formal_statement": r["formal_statement"], "proof": r["proof"]} for r in records[:57]]
+    path = tmp_path / f"part.{fmt}"
+    if fmt == "jsonl":
+        path.write_text("".join(json.dumps(r) + "\n" for r in rows), encoding="utf-8")
+    elif fmt == "parquet":
+        pq.write_table(pa.Table.from_pylist(rows), path, row_group_size=10)
+    else:
+        _write_arrow_stream(path, rows)
+    full = list(_records(path, (0, 0), FIELD_ALIASES, 8))
+    assert [item for _, _, item in full] == rows
+    for k in (0, 7, 9, 10, 31, 55, 56):
+        cursor = full[k][0]
+        rest = list(_records(path, cursor, FIELD_ALIASES, 8))
+        assert [item for _, _, item in rest] == rows[k + 1 :], f"after record {k}"
+        assert [where for _, where, _ in rest] == [where for _, where, _ in full[k + 1 :]]

@@ -221,7 +221,9 @@ class ProofMemory:
         _check_embedded_lock(path)
         with _warnings_to_log():
             try:
-                return QdrantClient(path=str(path))
+                # Every call holds our lock, so SQLite's same-thread check (on where SQLite is built with
+                # THREADSAFE=2, e.g. macOS) would only stop the worker threads from sharing the store.
+                return QdrantClient(path=str(path), force_disable_check_same_thread=True)
             except RuntimeError as exc:
                 raise MemoryError_(f"cannot open embedded Qdrant at {path}: {exc}", transient=False) from exc
 
