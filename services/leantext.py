@@ -158,3 +158,21 @@ def first_declaration_offset(text: str) -> int | None:
     """Offset of the line holding the first `theorem`/`lemma` of `text` (outside comments), if any."""
     match = _DECL.search(blank_comments_and_strings(text))
     return match.start() if match else None
+
+
+_HEADER_LINE = re.compile(r"^(import\s|set_option\s|open\s)")
+
+
+def strip_header_lines(text: str) -> str:
+    """Drop the file-level `import`/`set_option`/`open` lines above the first declaration.
+
+    An `open … in` or `set_option … in` line scopes only the declaration after it, so it is kept.
+    """
+    offset = first_declaration_offset(text)
+    head, rest = (text[:offset], text[offset:]) if offset is not None else (text, "")
+    kept = [
+        line
+        for line in head.splitlines(keepends=True)
+        if not (_HEADER_LINE.match(line) and not line.rstrip().endswith(" in"))
+    ]
+    return ("".join(kept).strip("\n") + "\n" + rest).lstrip("\n")

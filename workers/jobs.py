@@ -15,12 +15,14 @@ from __future__ import annotations
 import json
 import logging
 import time
+from dataclasses import replace
 from typing import Any
 
 from rq.job import Job
 
 from services.domain import PreviousAttempt, ProofTask, RetrievedProof, Sampling, Verdict
 from services.errors import DependencyError, MemoryError_
+from services.leantext import parse_statement, strip_header_lines
 from services.store import JobSpec
 from workers import context
 
@@ -48,7 +50,7 @@ def generate_round(job_id: str, chain: int, round_: int) -> dict[str, Any]:
         started = time.monotonic()
         retrieved = _retrieve(ctx, job_id, spec)
         retrieve_ms = _ms(started)
-        previous = _previous_attempt(store, job_id, chain, round_)
+        previous, structured_feedback = _previous_attempt(store, job_id, chain, round_)
         profile = load_profile(spec.prompt_profile or ctx.settings.prompt.profile, extra_dir=ctx.settings.prompt.dir)
         task = ProofTask(
             formal_statement=spec.formal_statement,
@@ -57,6 +59,7 @@ def generate_round(job_id: str, chain: int, round_: int) -> dict[str, Any]:
             retrieved=tuple(retrieved),
             previous=previous,
             round=round_,
+            extra=structured_feedback,
         )
         messages = profile.messages(task)
         sampling = Sampling(
@@ -85,7 +88,13 @@ def generate_round(job_id: str, chain: int, round_: int) -> dict[str, Any]:
         _end_with_error(job_id, f"{exc} (round {round_} of chain {chain}; not retried)")
         return {"error": str(exc)}
 
-    extraction = extract_code(completion.content, completion.reasoning)
+    extraction = extract_code(
+        completion.content,
+        completion.reasoning,
+        finish_reason=completion.finish_reason,
+        theorem_name=parse_statement(spec.formal_statement).name,
+        formal_statement=spec.formal_statement,
+    )
     attempt: dict[str, Any] = {
         "chain": chain,
         "round": round_,
@@ -117,22 +126,28 @@ def _retrieve(ctx: context.WorkerContext, job_id: str, spec: JobSpec) -> list[Re
     if spec.top_k == 0 or ctx.memory is None:
         return []
     try:
-        return ctx.memory.search(spec.formal_statement, top_k=spec.top_k)
+        found = ctx.memory.search(spec.formal_statement, top_k=spec.top_k)
     except MemoryError_ as exc:
         logger.warning("job %s: retrieval skipped: %s", job_id, exc)
         ctx.store.event(job_id, "memory.unavailable", {"error": str(exc)})
         return []
+    # The memory keeps whole files; the prompt shows the target's header once, not once per proof.
+    return [replace(proof, proof=strip_header_lines(proof.proof)) for proof in found]
 
 
-def _previous_attempt(store: Any, job_id: str, chain: int, round_: int) -> PreviousAttempt | None:
-    if round_ == 1:
-        return None
-    prev = store.attempt(job_id, chain, round_ - 1)
+def _previous_attempt(
+    store: Any, job_id: str, chain: int, round_: int
+) -> tuple[PreviousAttempt | None, dict[str, str]]:
+    """The attempt a repair round revises, and Lean's messages on it for profiles that lay them out themselves
+    (positions in `messages` refer to the model's code, which is what `checked_code` is)."""
+    prev = store.attempt(job_id, chain, round_ - 1) if round_ > 1 else None
     if prev is None:
-        return None
-    return PreviousAttempt(
-        code=prev.get("code") or "", feedback=prev.get("feedback") or "", verdict=Verdict(prev["verdict"])
-    )
+        return None, {}
+    code = prev.get("code") or ""
+    previous = PreviousAttempt(code=code, feedback=prev.get("feedback") or "", verdict=Verdict(prev["verdict"]))
+    if not prev.get("messages"):
+        return previous, {}
+    return previous, {"lean_messages": json.dumps(prev["messages"], ensure_ascii=False), "checked_code": code}
 
 
 # --- verify --------------------------------------------------------------------------------------------------------
