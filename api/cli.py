@@ -208,6 +208,12 @@ def split_lean_file(text: str) -> tuple[str | None, str]:
     return text[:cut].strip() or None, text[cut:]
 
 
+def _lean_body(path: str, field: str) -> dict[str, Any]:
+    """A request body from a Lean file: its theorem (or code) under `field`, its import/open lines as `header`."""
+    header, text = split_lean_file(_read_input(path))
+    return {field: text, **({"header": header} if header else {})}
+
+
 def _fail(response: Any) -> int:
     try:
         error = response.json()["error"]
@@ -222,10 +228,7 @@ def _fail(response: Any) -> int:
 
 
 def cmd_prove(args: argparse.Namespace) -> int:
-    header, statement = split_lean_file(_read_input(args.file))
-    body: dict[str, Any] = {"formal_statement": statement}
-    if header:
-        body["header"] = header
+    body = _lean_body(args.file, "formal_statement")
     for name in ("rounds", "attempts", "top_k", "prompt_profile", "lean_version"):
         if getattr(args, name) is not None:
             body[name] = getattr(args, name)
@@ -304,10 +307,7 @@ def _report(job: dict[str, Any]) -> int:
 
 
 def cmd_verify(args: argparse.Namespace) -> int:
-    header, code = split_lean_file(_read_input(args.file))
-    body: dict[str, Any] = {"code": code}
-    if header:
-        body["header"] = header
+    body = _lean_body(args.file, "code")
     if args.statement:
         body["formal_statement"] = _read_input(args.statement)
     with _client(args) as client:

@@ -207,8 +207,12 @@ def test_oprover_prove_against_oprover_up(harness: ServiceHarness, tmp_path) -> 
     harness.generator.script([], default={"content": _block(GOOD)})
     port = free_port()
     # Nothing listens at this Redis URL: `oprover up` starts a redis-server of its own for it.
-    env = {**os.environ, **harness.env, "OPROVER_GENERATOR_CONCURRENCY": "2",
-           "OPROVER_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0"}
+    env = {
+        **os.environ,
+        **harness.env,
+        "OPROVER_GENERATOR_CONCURRENCY": "2",
+        "OPROVER_REDIS_URL": f"redis://127.0.0.1:{free_port()}/0",
+    }
     with open(tmp_path / "up.log", "wb") as log:  # the child keeps its own copy of the descriptor
         up = subprocess.Popen(
             [sys.executable, "-m", "api.cli", "up", "--port", str(port)],

@@ -13,8 +13,16 @@ from services.store import JobSpec, JobStore
 
 
 def _spec(attempts: int = 3) -> JobSpec:
-    return JobSpec(formal_statement="theorem t : 1 = 1 := by", header="import Mathlib", rounds=2,
-                   attempts=attempts, top_k=0, temperature=0.6, top_p=0.95, max_tokens=64)
+    return JobSpec(
+        formal_statement="theorem t : 1 = 1 := by",
+        header="import Mathlib",
+        rounds=2,
+        attempts=attempts,
+        top_k=0,
+        temperature=0.6,
+        top_p=0.95,
+        max_tokens=64,
+    )
 
 
 @pytest.fixture
@@ -23,8 +31,9 @@ def store(redis_client: redis.Redis) -> JobStore:
 
 
 def _terminal_events(store: JobStore, job_id: str) -> list[str]:
-    return [e.type for e in store.events(job_id) if e.type in {"job.proved", "job.failed", "job.cancelled",
-                                                               "job.error"}]
+    return [
+        e.type for e in store.events(job_id) if e.type in {"job.proved", "job.failed", "job.cancelled", "job.error"}
+    ]
 
 
 def test_first_proof_wins_and_later_ones_change_nothing(store: JobStore) -> None:
@@ -44,8 +53,12 @@ def test_first_proof_wins_and_later_ones_change_nothing(store: JobStore) -> None
 def test_concurrent_winners_produce_one_proof(store: JobStore) -> None:
     job_id = store.create(_spec(attempts=16))
     results: list[bool] = []
-    threads = [threading.Thread(target=lambda c=c: results.append(
-        store.finish_proved(job_id, chain=c, round_=1, proof=f"proof {c}"))) for c in range(16)]
+    threads = [
+        threading.Thread(
+            target=lambda c=c: results.append(store.finish_proved(job_id, chain=c, round_=1, proof=f"proof {c}"))
+        )
+        for c in range(16)
+    ]
     for thread in threads:
         thread.start()
     for thread in threads:
@@ -83,8 +96,12 @@ def test_claims_are_granted_once(store: JobStore) -> None:
 def test_attempts_accumulate_usage_and_come_back_in_order(store: JobStore) -> None:
     job_id = store.create(_spec())
     for chain, round_ in ((1, 1), (0, 2), (0, 1)):
-        store.put_attempt(job_id, {"chain": chain, "round": round_, "verdict": None}, event="attempt.generated",
-                          usage={"prompt_tokens": 10, "completion_tokens": 5})
+        store.put_attempt(
+            job_id,
+            {"chain": chain, "round": round_, "verdict": None},
+            event="attempt.generated",
+            usage={"prompt_tokens": 10, "completion_tokens": 5},
+        )
     job = store.get(job_id)
     assert [(a["chain"], a["round"]) for a in job["attempts"]] == [(0, 1), (0, 2), (1, 1)]
     assert job["usage"] == {"generations": 3, "prompt_tokens": 30, "completion_tokens": 15}
