@@ -77,17 +77,17 @@ def redis_server() -> Iterator[str]:
     shutil.rmtree(workdir, ignore_errors=True)
 
 
-_next_db = iter(range(1, 15))
+_next_db = iter(range(1, 13))
 
 
 @pytest.fixture
 def redis_url(redis_server: str) -> Iterator[str]:
-    """An empty database of the session's Redis (never 0; 15 is the shared read-only gateway's)."""
+    """An empty database of the session's Redis (never 0; 13-15 belong to module-scoped services)."""
     global _next_db
     try:
         db = next(_next_db)
     except StopIteration:
-        _next_db = iter(range(1, 15))
+        _next_db = iter(range(1, 13))
         db = next(_next_db)
     url = f"{redis_server}/{db}"
     client = redis.Redis.from_url(url)
