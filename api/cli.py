@@ -364,7 +364,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
 
 # --- memory and Lean setup ------------------------------------------------------------------------------------------
 def cmd_memory(args: argparse.Namespace) -> int:
-    from services.memory import ProofMemory, export_proofs, import_proofs
+    from services.memory import ProofMemory, export_proofs, format_stats, import_proofs
 
     _setup_logging(args.verbose)
     memory = ProofMemory(_settings().qdrant)
@@ -375,7 +375,7 @@ def cmd_memory(args: argparse.Namespace) -> int:
         elif args.action == "export":
             print(f"exported {export_proofs(memory, Path(args.path))} proofs to {args.path}")
         else:
-            print(json.dumps(memory.stats(), indent=2, default=str))
+            print(format_stats(memory.stats()))
     finally:
         memory.close()
     return 0
