@@ -81,6 +81,26 @@ def cmd_up(args: argparse.Namespace) -> int:
     _setup_logging(args.verbose)
     settings = _settings()  # fail fast, once, with a clear message
     children: dict[str, subprocess.Popen[bytes]] = {}
+    stopping = False
+
+    def stop(*_: Any) -> None:
+        """First signal: SIGTERM to the service processes (they finish what is in flight). Second: SIGKILL them.
+        A Redis that `up` started is stopped last, gracefully, whatever happens, so nothing it holds is lost."""
+        nonlocal stopping
+        services = {name: child for name, child in children.items() if name != "redis"}
+        if stopping:
+            for child in services.values():
+                child.kill()
+            return
+        stopping = True
+        logger.info("stopping %s", ", ".join(services) or "(nothing started yet)")
+        for child in services.values():
+            if child.poll() is None:
+                child.send_signal(signal.SIGTERM)
+
+    # Installed before anything starts, so a Ctrl-C during start-up cannot leave an orphan behind.
+    signal.signal(signal.SIGINT, stop)
+    signal.signal(signal.SIGTERM, stop)
     redis_server = _local_redis(settings.redis.url)
     if redis_server is not None:
         children["redis"] = redis_server
@@ -90,23 +110,9 @@ def cmd_up(args: argparse.Namespace) -> int:
         "generate-worker": [*base, "worker", "generate"],
         "verify-worker": [*base, "worker", "verify"],
     }
-    stopping = False
-
-    def stop(*_: Any) -> None:
-        nonlocal stopping
-        if stopping:
-            for child in children.values():
-                child.kill()
-            return
-        stopping = True
-        logger.info("stopping %s", ", ".join(children))
-        for name, child in children.items():
-            if child.poll() is None and name != "redis":
-                child.send_signal(signal.SIGTERM)
-
-    signal.signal(signal.SIGINT, stop)
-    signal.signal(signal.SIGTERM, stop)
     for name, command in commands.items():
+        if stopping:
+            break
         # Own sessions: a terminal's Ctrl-C reaches only `up`, which stops each child once, in order.
         children[name] = subprocess.Popen(command, start_new_session=True)
         logger.info("started %s (pid %d)", name, children[name].pid)
@@ -250,11 +256,19 @@ def cmd_prove(args: argparse.Namespace) -> int:
 
 def _follow(client: Any, job_id: str) -> None:
     """Print progress from the job's event stream until it ends (reconnecting with Last-Event-ID)."""
+    import httpx
+
     last_id: str | None = None
     while True:
         headers = {"Last-Event-ID": last_id} if last_id else {}
         try:
             with client.stream("GET", f"/v1/prove/{job_id}/events", headers=headers) as stream:
+                if stream.status_code == 404:
+                    return  # expired: the caller reads (and reports) what is left
+                if stream.status_code != 200:
+                    print(f"  event stream: HTTP {stream.status_code}; retrying", file=sys.stderr)
+                    time.sleep(2)
+                    continue
                 event: dict[str, str] = {}
                 for line in stream.iter_lines():
                     if line.startswith(":"):
@@ -268,10 +282,9 @@ def _follow(client: Any, job_id: str) -> None:
                     if _print_event(event):
                         return
                     event = {}
-        except Exception as exc:  # a dropped stream: resume where it stopped
-            if type(exc).__name__ not in {"RemoteProtocolError", "ReadError", "ConnectError", "ReadTimeout"}:
-                raise
-            time.sleep(1)
+        except httpx.TransportError:
+            pass  # a dropped stream: resume where it stopped
+        time.sleep(1)
 
 
 def _print_event(event: dict[str, str]) -> bool:

@@ -74,8 +74,9 @@ def install_error_handlers(app: FastAPI) -> None:
         logger.warning("dependency unavailable: %s", exc)
         return error_response(503, str(exc), code=f"{exc.dependency}_unavailable")
 
-    @app.exception_handler(redis.exceptions.ConnectionError)
-    async def _redis_down(_request: Request, exc: redis.exceptions.ConnectionError) -> JSONResponse:
+    @app.exception_handler(redis.exceptions.RedisError)
+    async def _redis_down(_request: Request, exc: redis.exceptions.RedisError) -> JSONResponse:
+        # Unreachable, timed out, or refusing writes (noeviction at maxmemory): a 503 the client can retry.
         logger.warning("redis unavailable: %s", exc)
         return error_response(503, f"redis: {exc}", code="redis_unavailable")
 

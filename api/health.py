@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import logging
 from typing import Any
 
@@ -15,7 +14,7 @@ from prometheus_client.core import GaugeMetricFamily
 from rq import Worker
 
 from api.deps import Gateway, GatewayDep
-from services import keys
+from services import keys, lean_workers
 
 logger = logging.getLogger(__name__)
 router = APIRouter(tags=["health"])
@@ -33,15 +32,6 @@ def _workers(gateway: Gateway) -> dict[str, int]:
             if name in counts:
                 counts[name] += 1
     return counts
-
-
-def _lean_workers(gateway: Gateway) -> list[dict[str, Any]]:
-    found = []
-    for key in gateway.redis.scan_iter(match=keys.lean_worker_key("*"), count=100):
-        raw = gateway.redis.get(key)
-        if raw:
-            found.append(json.loads(raw))
-    return found
 
 
 def _generator(gateway: Gateway) -> dict[str, Any]:
@@ -79,7 +69,7 @@ def readiness(gateway: Gateway) -> dict[str, Any]:
     checks["generate_workers"] = {"ok": workers[keys.GENERATE_QUEUE] > 0, "count": workers[keys.GENERATE_QUEUE]}
     checks["verify_workers"] = {"ok": workers[keys.VERIFY_QUEUE] > 0, "count": workers[keys.VERIFY_QUEUE]}
     checks["memory_worker"] = {"ok": workers[keys.MEMORY_QUEUE] > 0, "count": workers[keys.MEMORY_QUEUE]}
-    lean = _lean_workers(gateway)
+    lean = lean_workers.live(gateway.redis)
     checks["lean"] = {"ok": bool(lean), "workers": lean}
     checks["generator"] = _generator(gateway)
     ok = all(check["ok"] for check in checks.values())
@@ -106,7 +96,8 @@ class _QueueCollector:
         for name in per_queue:
             queue = self.gateway.dispatch.queue(name)
             depth.add_metric([name], queue.count)
-            running.add_metric([name], queue.started_job_registry.count)
+            # without cleanup: RQ's cleanup of abandoned jobs belongs to the workers' maintenance, under its lock
+            running.add_metric([name], queue.started_job_registry.get_job_count(cleanup=False))
             workers.add_metric([name], per_queue[name])
         yield from (depth, running, workers)
 

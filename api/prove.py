@@ -5,8 +5,9 @@ Routes parse and map; `ProveService` holds the semantics (defaults, bounds, enqu
 
 from __future__ import annotations
 
-import json
+import contextlib
 import logging
+import re
 import time
 from collections.abc import AsyncIterator
 from typing import Annotated, Any
@@ -18,7 +19,7 @@ from fastapi.sse import EventSourceResponse, ServerSentEvent
 
 from api.deps import Gateway, GatewayDep, require_api_key
 from api.protocol import ErrorResponse, ProveRequest
-from services import keys
+from services import keys, lean_workers
 from services.domain import TERMINAL_STATUSES, JobStatus
 from services.errors import RequestError
 from services.leantext import parse_statement
@@ -27,9 +28,15 @@ from services.store import JobSpec, read_events_async
 
 logger = logging.getLogger(__name__)
 
+_EVENT_ID = re.compile(r"\d{1,20}-\d{1,20}")
 _TERMINAL_EVENTS = {f"job.{status.value}" for status in TERMINAL_STATUSES}
 # One blocking read on the event stream waits at most this long, so a gone client or job is noticed.
 _EVENT_BLOCK_MS = 10_000
+
+
+class Conflict(RequestError):
+    status_code = 409
+    type = "conflict_error"
 
 
 class ProveService:
@@ -89,13 +96,10 @@ class ProveService:
     def lean_versions(self) -> dict[str, dict[str, Any]]:
         """Lean versions served right now, from what live verify workers announce, plus the default."""
         versions: dict[str, dict[str, Any]] = {self.settings.lean.version: {"default": True, "workers": 0}}
-        for key in self.gw.redis.scan_iter(match=keys.lean_worker_key("*"), count=100):
-            raw = self.gw.redis.get(key)
-            if raw:
-                info = json.loads(raw)
-                entry = versions.setdefault(info["version"], {"default": False, "workers": 0})
-                entry["workers"] += 1
-                entry.update({k: v for k, v in info.items() if k in ("lean", "mathlib", "repl")})
+        for info in lean_workers.live(self.gw.redis):
+            entry = versions.setdefault(info["version"], {"default": False, "workers": 0})
+            entry["workers"] += 1
+            entry.update({k: v for k, v in info.items() if k in ("lean", "mathlib", "repl")})
         return versions
 
     def resolve_lean_version(self, requested: str | None) -> str | None:
@@ -113,7 +117,13 @@ class ProveService:
     def submit(self, req: ProveRequest) -> str:
         spec = self.build_spec(req)
         job_id = self.gw.store.create(spec)
-        self.gw.dispatch.start_job(job_id, spec.attempts)
+        try:
+            self.gw.dispatch.start_job(job_id, spec.attempts)
+        except Exception as exc:
+            # A job whose rounds were not all enqueued would wait forever: end it, and let the client retry.
+            with contextlib.suppress(Exception):
+                self.gw.store.fail_with_error(job_id, f"redis: could not enqueue the job's rounds ({exc})")
+            raise
         return job_id
 
     async def wait_finished(self, job_id: str, wait_s: float) -> bool:
@@ -137,7 +147,7 @@ class ProveService:
         if job["status"] in {s.value for s in TERMINAL_STATUSES}:
             if job["status"] == JobStatus.CANCELLED.value:
                 return job
-            raise RequestError(f"job {job_id} already ended as {job['status']}", param="id", code="already_finished")
+            raise Conflict(f"job {job_id} already ended as {job['status']}", param="id", code="already_finished")
         if self.gw.store.cancel(job_id):
             spec = self.gw.store.spec(job_id)
             self.gw.dispatch.drop_pending(job_id, spec.attempts, spec.rounds)
@@ -184,15 +194,23 @@ async def existing_job(job_id: str, service: ServiceDep) -> str:
     return job_id
 
 
+def event_cursor(last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None) -> str:
+    """Where a resumed stream starts; checked before the stream does, so a bad id is a 400."""
+    if last_event_id is None:
+        return "0-0"
+    if not _EVENT_ID.fullmatch(last_event_id):
+        raise RequestError("Last-Event-ID must be an event id from this stream", param="Last-Event-ID")
+    return last_event_id
+
+
 @router.get("/{job_id}/events", response_class=EventSourceResponse)
 async def events(
     job_id: Annotated[str, Depends(existing_job)],
+    after: Annotated[str, Depends(event_cursor)],
     request: Request,
     service: ServiceDep,
-    last_event_id: Annotated[str | None, Header(alias="Last-Event-ID")] = None,
 ) -> AsyncIterator[ServerSentEvent]:
     """One event per state change, ending after the terminal one; resume with `Last-Event-ID`."""
-    after = last_event_id or "0-0"
     while True:
         events = await read_events_async(service.gw.aredis, job_id, after, block_ms=_EVENT_BLOCK_MS)
         for event in events:

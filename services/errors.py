@@ -64,5 +64,5 @@ class LeanError(DependencyError):
     dependency = "lean"
 
 
-class MemoryError_(DependencyError):  # noqa: N801 - `MemoryError` is a builtin
+class MemoryError_(DependencyError):  # trailing underscore: `MemoryError` is a builtin
     dependency = "memory"

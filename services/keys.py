@@ -15,20 +15,16 @@ JOB = PREFIX + ":job:{{{job_id}}}"
 ATTEMPTS = PREFIX + ":job:{{{job_id}}}:attempts"
 # Stream: one entry per state change; SSE clients resume with Last-Event-ID = the entry id.
 EVENTS = PREFIX + ":job:{{{job_id}}}:events"
-# String (SET NX): the first worker to claim "stage:chain:round" does it; a duplicate or retried RQ job sees
-# the claim and does not enqueue the next step twice.
-CLAIM = PREFIX + ":job:{{{job_id}}}:claim:{step}"
-
-# Sorted set of all job ids by creation time (for listing and for the stale-job sweep).
-JOBS_BY_TIME = PREFIX + ":jobs"
 
 # --- verify requests (POST /v1/verify) ---------------------------------------------------------------------
 # List: the JSON result of a one-off verification, pushed by the verify worker, BLPOPped by the gateway.
 VERIFY_RESULT = PREFIX + ":verify:{request_id}"
 
 # --- workers -------------------------------------------------------------------------------------------------
-# Hash: what a verify worker serves (Lean, Mathlib, repl revisions), refreshed while it lives.
+# String (JSON): what a verify worker serves (Lean, Mathlib, repl revisions), refreshed while it lives.
 LEAN_WORKER = PREFIX + ":lean-worker:{name}"
+# Sorted set: live verify worker names, scored by when their record expires (services/lean_workers.py).
+LEAN_WORKERS = PREFIX + ":lean-workers"
 
 # --- lifetimes (seconds) ---------------------------------------------------------------------------------------
 # A finished job stays readable this long by default (ProveSettings.job_ttl_s overrides): clients poll and
@@ -39,8 +35,6 @@ JOB_TTL_S = 7 * 24 * 3600
 ACTIVE_JOB_TTL_S = 3 * 24 * 3600
 # Events: bounded length so a very long job cannot grow its stream without limit (approximate trim).
 EVENTS_MAXLEN = 10_000
-# A claim only needs to outlive the retries of its RQ job.
-CLAIM_TTL_S = 24 * 3600
 # A /v1/verify result is read by the waiting gateway within its timeout; an hour covers retries of slow clients.
 VERIFY_RESULT_TTL_S = 3600
 # A verify worker re-announces itself more often than this; a dead one disappears from /readyz afterwards.
@@ -62,10 +56,6 @@ def attempts_key(job_id: str) -> str:
 
 def events_key(job_id: str) -> str:
     return EVENTS.format(job_id=job_id)
-
-
-def claim_key(job_id: str, step: str) -> str:
-    return CLAIM.format(job_id=job_id, step=step)
 
 
 def verify_result_key(request_id: str) -> str:

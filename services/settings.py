@@ -170,7 +170,14 @@ class WorkerSettings(BaseModel):
     @classmethod
     def _split_ints(cls, value: object) -> object:
         if isinstance(value, str):
-            return [int(part) for part in value.split(",") if part.strip()]
+            return [part.strip() for part in value.split(",") if part.strip()]
+        return value
+
+    @field_validator("retry_intervals_s")
+    @classmethod
+    def _intervals(cls, value: list[int]) -> list[int]:
+        if not value or any(v < 0 for v in value):
+            raise ValueError("must be one or more whole seconds >= 0, comma-separated")
         return value
 
 

@@ -89,12 +89,14 @@ redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[3], '*', 'type', 'job.running', 
 return 1
 """
 
-# Lua: one chain ended without a proof; the last one to end fails the job.
-# KEYS: job, events, attempts. ARGV: now, ttl, event data for job.failed, maxlen.
+# Lua: one chain ended without a proof; the last one to end fails the job. A chain ends once: a retried or
+# duplicated last round cannot count it twice. KEYS: job, events, attempts.
+# ARGV: now, ttl, event data for job.failed, maxlen, chain.
 _CHAIN_ENDED = """
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return -1 end
 if status == 'proved' or status == 'failed' or status == 'cancelled' or status == 'error' then return 0 end
+if redis.call('HSETNX', KEYS[1], 'chain_ended:' .. ARGV[5], '1') == 0 then return 0 end
 local live = redis.call('HINCRBY', KEYS[1], 'chains_live', -1)
 if live > 0 then return 1 end
 redis.call('HSET', KEYS[1], 'status', 'failed', 'finished_at', ARGV[1])
@@ -107,6 +109,24 @@ return 2
 """
 
 
+# Lua: write one attempt of an existing job, keeping the job's lifetime (a late write to an expired job must not
+# recreate it without a TTL). KEYS: job, attempts, events. ARGV: field, attempt JSON, event type, event data,
+# maxlen, then prompt and completion tokens when the attempt spent a generation.
+_PUT_ATTEMPT = """
+if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
+redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
+local ttl = redis.call('PTTL', KEYS[1])
+if ttl > 0 then redis.call('PEXPIRE', KEYS[2], ttl) end
+if ARGV[6] then
+  redis.call('HINCRBY', KEYS[1], 'generations', 1)
+  redis.call('HINCRBY', KEYS[1], 'prompt_tokens', ARGV[6])
+  redis.call('HINCRBY', KEYS[1], 'completion_tokens', ARGV[7])
+end
+redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[5], '*', 'type', ARGV[3], 'data', ARGV[4])
+return 1
+"""
+
+
 class JobStore:
     def __init__(self, client: redis.Redis, *, job_ttl_s: int = keys.JOB_TTL_S) -> None:
         self.redis = client
@@ -114,6 +134,7 @@ class JobStore:
         self._finish = client.register_script(_FINISH)
         self._start = client.register_script(_START)
         self._chain_ended = client.register_script(_CHAIN_ENDED)
+        self._put_attempt = client.register_script(_PUT_ATTEMPT)
 
     # --- creation and reading ----------------------------------------------------------------------------
     def create(self, spec: JobSpec, *, job_id: str | None = None) -> str:
@@ -136,7 +157,6 @@ class JobStore:
             pipe.expire(keys.job_key(job_id), keys.ACTIVE_JOB_TTL_S)
             self._event(pipe, job_id, "job.created", {"status": "queued"})
             pipe.expire(keys.events_key(job_id), keys.ACTIVE_JOB_TTL_S)
-            pipe.zadd(keys.JOBS_BY_TIME, {job_id: now})
             pipe.execute()
         logger.info("job %s: created (%d chains x %d rounds)", job_id, spec.attempts, spec.rounds)
         return job_id
@@ -208,23 +228,33 @@ class JobStore:
 
     def put_attempt(
         self, job_id: str, attempt: dict[str, Any], *, event: str, usage: dict[str, int] | None = None
-    ) -> None:
-        """Write (or rewrite) one attempt and announce it. Only one stage owns an attempt at a time."""
-        chain, round_ = attempt["chain"], attempt["round"]
-        with self.redis.pipeline() as pipe:
-            pipe.hset(keys.attempts_key(job_id), f"{chain}:{round_}", json.dumps(attempt, ensure_ascii=False))
-            pipe.expire(keys.attempts_key(job_id), keys.ACTIVE_JOB_TTL_S)
-            if usage is not None:
-                pipe.hincrby(keys.job_key(job_id), "generations", 1)
-                pipe.hincrby(keys.job_key(job_id), "prompt_tokens", int(usage.get("prompt_tokens", 0)))
-                pipe.hincrby(keys.job_key(job_id), "completion_tokens", int(usage.get("completion_tokens", 0)))
-            summary = {k: attempt.get(k) for k in ("chain", "round", "verdict")}
-            self._event(pipe, job_id, event, summary)
-            pipe.execute()
+    ) -> bool:
+        """Write (or rewrite) one attempt and announce it; False if the job no longer exists.
 
-    def claim(self, job_id: str, step: str) -> bool:
-        """True for the first caller only: makes a retried or duplicated RQ job harmless."""
-        return bool(self.redis.set(keys.claim_key(job_id, step), "1", nx=True, ex=keys.CLAIM_TTL_S))
+        Only one stage owns an attempt at a time (generate writes it, then verify completes it).
+        """
+        chain, round_ = attempt["chain"], attempt["round"]
+        summary = {k: attempt.get(k) for k in ("chain", "round", "verdict")}
+        args: list[Any] = [
+            f"{chain}:{round_}",
+            json.dumps(attempt, ensure_ascii=False),
+            event,
+            json.dumps(summary),
+            keys.EVENTS_MAXLEN,
+        ]
+        if usage is not None:
+            args += [int(usage.get("prompt_tokens", 0)), int(usage.get("completion_tokens", 0))]
+        written = self._put_attempt(
+            keys=[keys.job_key(job_id), keys.attempts_key(job_id), keys.events_key(job_id)], args=args
+        )
+        return bool(written)
+
+    def proved_by(self, job_id: str) -> tuple[int, int] | None:
+        raw = self.redis.hget(keys.job_key(job_id), "proved_by")
+        if not raw:
+            return None
+        winner = json.loads(raw)
+        return winner["chain"], winner["round"]
 
     def set_lean(self, job_id: str, versions: dict[str, str]) -> None:
         self.redis.hset(keys.job_key(job_id), "lean", json.dumps(versions))
@@ -257,7 +287,7 @@ class JobStore:
         """Record that `chain` is exhausted; returns True if that made the whole job `failed`."""
         result = self._chain_ended(
             keys=[keys.job_key(job_id), keys.events_key(job_id), keys.attempts_key(job_id)],
-            args=[repr(time.time()), self.job_ttl_s, json.dumps({"status": "failed"}), keys.EVENTS_MAXLEN],
+            args=[repr(time.time()), self.job_ttl_s, json.dumps({"status": "failed"}), keys.EVENTS_MAXLEN, chain],
         )
         if result == 2:
             logger.info("job %s: failed (every chain exhausted; chain %d was last)", job_id, chain)

@@ -158,3 +158,9 @@ def test_job_object_has_the_documented_shape(client) -> None:
     assert job["metadata"] == {"k": "v"}
     again = client.get(f"/v1/prove/{job['id']}").json()
     assert json.dumps(again, sort_keys=True) == json.dumps(job, sort_keys=True)
+
+
+def test_bad_last_event_id_is_400_before_streaming(client) -> None:
+    job = client.post("/v1/prove", json={"formal_statement": STATEMENT}).json()
+    response = client.get(f"/v1/prove/{job['id']}/events", headers={"Last-Event-ID": "yesterday"})
+    _assert_error(response, 400, "Last-Event-ID")

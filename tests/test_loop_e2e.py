@@ -14,7 +14,7 @@ import time
 
 import httpx
 import pytest
-from rq import Queue
+from rq import Queue, Worker
 
 from tests.conftest import SHARED_DATA, free_port
 from tests.harness import ROOT, ServiceHarness
@@ -160,6 +160,9 @@ def test_wait_returns_the_finished_job(harness: ServiceHarness) -> None:
     assert response.status_code == 200, response.json()
     assert response.json()["status"] == "proved"
     assert response.headers["location"] == f"/v1/prove/{response.json()['id']}"
+    with harness.client() as client:
+        conflict = client.delete(f"/v1/prove/{response.json()['id']}")
+    assert conflict.status_code == 409 and conflict.json()["error"]["type"] == "conflict_error"
     with harness.client() as client:
         slow = client.post(
             "/v1/prove?wait=0.2", json={**_body(), "formal_statement": WRONG.replace(WRONG_MARK, "sorry")}
@@ -337,3 +340,75 @@ def test_a_verified_proof_is_retrieved_by_a_later_job_but_never_for_its_own_stat
     assert "mathd_algebra_159_variant" in similar_prompt
     assert GOOD_MARK in similar_prompt  # the earlier job's verified proof, retrieved
     assert GOOD_MARK not in own_prompt  # never the target's own proof
+
+
+def test_a_check_cut_off_with_no_retries_left_ends_the_job_with_error(harness: ServiceHarness) -> None:
+    """RQ's maintenance finds the abandoned step and its failure callback ends the job, naming the cause."""
+    harness.env["OPROVER_WORKER_ROUND_RETRIES"] = "0"
+    _standard_lean(harness, check_s=30)
+    harness.generator.script([], default={"content": _block(GOOD)})
+    harness.start_gateway()
+    harness.start_worker("generate")
+    harness.start_worker("verify", name="verify-a", concurrency=1)
+    job = harness.submit(_body(rounds=1))
+    verify_queue = Queue("verify", connection=harness.redis)
+    deadline = time.monotonic() + 20
+    while verify_queue.started_job_registry.get_job_count(cleanup=False) == 0:
+        assert time.monotonic() < deadline, "the check never started"
+        time.sleep(0.05)
+    harness.kill("verify-a")
+    harness.start_worker("verify", name="verify-b", concurrency=1)  # its maintenance notices the dead step
+
+    final = harness.wait_job(job["id"], timeout_s=60)
+    assert final["status"] == "error"
+    assert "verify worker died during verification" in final["error"]
+
+
+def test_workers_and_retries_survive_a_redis_restart(tmp_path) -> None:
+    """Redis goes away for a few seconds; afterwards a round that needs a delayed RQ retry still completes."""
+    port = free_port()
+    data = tmp_path / "redis-data"
+    data.mkdir()
+    command = [
+        "redis-server",
+        "--port",
+        str(port),
+        "--bind",
+        "127.0.0.1",
+        "--dir",
+        str(data),
+        "--appendonly",
+        "yes",
+        "--save",
+        "",
+    ]
+    server = subprocess.Popen(command, stdout=subprocess.DEVNULL)
+    harness = ServiceHarness(redis_url=f"redis://127.0.0.1:{port}/0", workdir=tmp_path)
+    try:
+        harness._wait(lambda: harness.redis.ping(), "redis", 10)
+        harness.env["OPROVER_WORKER_RETRY_INTERVALS_S"] = "1"  # a delayed retry: needs the scheduler
+        _standard_lean(harness)
+        harness.start_gateway()
+        harness.start_worker("generate", concurrency=2)
+        harness.start_worker("verify", concurrency=1)
+
+        server.terminate()  # SIGTERM: Redis shuts down (writing its AOF), clients see connection errors
+        server.wait(timeout=10)
+        time.sleep(3)
+        server = subprocess.Popen(command, stdout=subprocess.DEVNULL)
+        harness._wait(lambda: harness.redis.ping(), "redis", 10)
+        time.sleep(4)  # long enough for every worker thread and the scheduler to have hit the outage
+
+        # 3 failing requests exhaust the client's own retries (max 2): the round fails, RQ retries it 1 s later.
+        harness.generator.script(
+            [{"match": "mathd_algebra_159", "status": 500, "times": 3}], default={"content": _block(GOOD)}
+        )
+        final = harness.wait_job(harness.submit(_body(rounds=1))["id"], timeout_s=60)
+        assert final["status"] == "proved", final
+        assert len(harness.chat_requests()) == 4
+        workers = [w for w in Worker.all(connection=harness.redis) if w.name.startswith(("generate.", "verify."))]
+        assert len(workers) == 3  # every thread has a live worker again
+    finally:
+        harness.close()
+        server.terminate()
+        server.wait(timeout=10)

@@ -86,11 +86,34 @@ def test_cancel_then_verdicts_do_not_revive_the_job(store: JobStore) -> None:
     assert store.get(job_id)["status"] == "cancelled" and store.get(job_id)["proof"] is None
 
 
-def test_claims_are_granted_once(store: JobStore) -> None:
+def test_a_chain_ends_once_however_often_its_last_round_runs(store: JobStore) -> None:
+    job_id = store.create(_spec(attempts=2))
+    assert not store.chain_ended(job_id, 0)
+    assert not store.chain_ended(job_id, 0)  # a retried last round of chain 0
+    assert store.get(job_id)["status"] == "queued"
+    assert store.chain_ended(job_id, 1)
+
+
+def test_a_late_attempt_does_not_resurrect_an_expired_job(store: JobStore) -> None:
     job_id = store.create(_spec())
-    assert store.claim(job_id, "gen:0:2")
-    assert not store.claim(job_id, "gen:0:2")
-    assert store.claim(job_id, "gen:1:2")
+    store.redis.delete(keys.job_key(job_id))
+    written = store.put_attempt(
+        job_id,
+        {"chain": 0, "round": 1, "verdict": None},
+        event="attempt.generated",
+        usage={"prompt_tokens": 1, "completion_tokens": 1},
+    )
+    assert not written
+    assert not store.redis.exists(keys.job_key(job_id))
+    with pytest.raises(NotFound):
+        store.get(job_id)
+
+
+def test_attempts_keep_the_finished_jobs_lifetime(store: JobStore) -> None:
+    job_id = store.create(_spec())
+    store.cancel(job_id)
+    store.put_attempt(job_id, {"chain": 0, "round": 1, "verdict": None}, event="attempt.generated")
+    assert 0 < store.redis.ttl(keys.attempts_key(job_id)) <= 120
 
 
 def test_attempts_accumulate_usage_and_come_back_in_order(store: JobStore) -> None:

@@ -11,7 +11,7 @@ from typing import Any
 
 import redis
 from rq import Callback, Queue, Retry
-from rq.exceptions import InvalidJobOperation, NoSuchJobError
+from rq.exceptions import DuplicateJobError, InvalidJobOperation, NoSuchJobError
 from rq.job import Job
 from rq.serializers import JSONSerializer
 
@@ -45,8 +45,10 @@ class Dispatcher:
 
     @property
     def verify_timeout_s(self) -> int:
-        # the compile, the `#print axioms` command, and a REPL respawn after a kill
-        return int(3 * self.settings.lean.timeout_s + 60)
+        # Above the checker's worst case: waiting for a REPL to be (re)started, the compile, the type and
+        # `#print axioms` commands, and the strict replay; RQ's timeout must never cut a check in half.
+        lean = self.settings.lean
+        return int(lean.import_timeout_s + 4 * lean.timeout_s + 60)
 
     def _retry(self) -> Retry | None:
         worker = self.settings.worker
@@ -54,17 +56,29 @@ class Dispatcher:
             return None
         return Retry(max=worker.round_retries, interval=worker.retry_intervals_s)
 
-    def _enqueue(self, queue: str, func: str, args: list[Any], job_id: str, timeout: int) -> None:
-        self.queue(queue).enqueue_call(
-            func,
-            args=args,
-            job_id=job_id,
-            timeout=timeout,
-            result_ttl=RESULT_TTL_S,
-            failure_ttl=FAILURE_TTL_S,
-            retry=self._retry(),
-            on_failure=Callback("workers.jobs.on_stage_failure"),
-        )
+    def _enqueue(self, queue: str, func: str, args: list[Any], job_id: str, timeout: int, **options: Any) -> bool:
+        """Enqueue once: a step whose id already exists (a retried or duplicated predecessor) is not added again.
+
+        Returns False for such a duplicate. RQ checks and saves atomically (`unique=True`), so two racing
+        predecessors cannot both enqueue, and a predecessor that failed after enqueueing can safely be retried.
+        """
+        options.setdefault("on_failure", Callback("workers.jobs.on_stage_failure"))
+        try:
+            self.queue(queue).enqueue_call(
+                func,
+                args=args,
+                job_id=job_id,
+                timeout=timeout,
+                result_ttl=RESULT_TTL_S,
+                failure_ttl=FAILURE_TTL_S,
+                retry=self._retry(),
+                unique=True,
+                **options,
+            )
+        except DuplicateJobError:
+            logger.info("step %s is already enqueued (or done); not adding it again", job_id)
+            return False
+        return True
 
     # --- the stages --------------------------------------------------------------------------------------------
     def generate(self, job_id: str, chain: int, round_: int) -> None:
@@ -80,27 +94,19 @@ class Dispatcher:
 
     def remember(self, job_id: str) -> None:
         """Add a proved job's proof to the memory, on the queue of the process that owns the memory."""
-        self.queue(keys.MEMORY_QUEUE).enqueue_call(
-            "workers.jobs.remember_proof",
-            args=[job_id],
-            job_id=f"{job_id}-remember",
-            timeout=120,
-            result_ttl=RESULT_TTL_S,
-            failure_ttl=FAILURE_TTL_S,
-            retry=self._retry(),
+        self._enqueue(
+            keys.MEMORY_QUEUE, "workers.jobs.remember_proof", [job_id], f"{job_id}-remember", 120, on_failure=None
         )
 
     def verify_code(self, request_id: str, payload: dict[str, Any], lean_version: str | None) -> None:
         """A one-off check for POST /v1/verify; the result lands at `keys.verify_result_key(request_id)`."""
         queue = keys.verify_queue(lean_version, self.settings.lean.version)
-        self.queue(queue).enqueue_call(
+        self._enqueue(
+            queue,
             "workers.jobs.verify_code",
-            args=[request_id, payload],
-            job_id=f"{request_id}-verify",
-            timeout=self.verify_timeout_s,
-            result_ttl=RESULT_TTL_S,
-            failure_ttl=keys.VERIFY_RESULT_TTL_S,
-            retry=self._retry(),
+            [request_id, payload],
+            f"{request_id}-verify",
+            self.verify_timeout_s,
             on_failure=Callback("workers.jobs.on_verify_failure"),
         )
 

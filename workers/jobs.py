@@ -3,8 +3,10 @@
 Each function takes ids only, reads what it needs from the job store, does its step, and enqueues the next
 step itself (DESIGN §5: no dependency chains of unknown length). Every step first checks whether the proof
 job is already finished (proved by another chain, cancelled, failed): that is how cancellation works, since
-a running in-process job cannot be killed from outside. A claim key per step makes a duplicated or retried RQ
-job unable to enqueue the next step twice.
+a running in-process job cannot be killed from outside. Steps are idempotent: the next step is enqueued with
+RQ's atomic `unique=True` under its deterministic id, a chain ends once, and a generate step whose attempt is
+already on record resumes from it instead of calling the model again, so a retried or duplicated RQ job is
+harmless.
 
 Infrastructure failures raise (so RQ retries the step); `on_stage_failure` ends the proof job as `error`
 once the retries are used up, naming the dependency. A non-transient dependency failure ends it at once.
@@ -21,7 +23,7 @@ from typing import Any
 from rq.job import Job
 
 from services.domain import PreviousAttempt, ProofTask, RetrievedProof, Sampling, Verdict
-from services.errors import DependencyError, MemoryError_
+from services.errors import DependencyError, MemoryError_, NotFound
 from services.leantext import parse_statement, strip_header_lines
 from services.store import JobSpec
 from workers import context
@@ -45,6 +47,9 @@ def generate_round(job_id: str, chain: int, round_: int) -> dict[str, Any]:
     spec = store.spec(job_id)
     store.mark_running(job_id)
     assert ctx.generator is not None, "generate_round needs a worker started with a generator"
+    recorded = store.attempt(job_id, chain, round_)
+    if recorded is not None:
+        return _resume_generated(job_id, chain, round_, spec, recorded)
 
     try:
         started = time.monotonic()
@@ -109,16 +114,21 @@ def generate_round(job_id: str, chain: int, round_: int) -> dict[str, Any]:
         "timings": {"retrieve_ms": retrieve_ms, "generate_ms": generate_ms},
         "request_id": completion.request_id,
     }
+    # The model's work is spent: keep it on the record even if the job finished meanwhile.
+    if not store.put_attempt(job_id, attempt, event="attempt.generated", usage=completion.usage):
+        return {"skipped": "job expired"}
     if store.is_finished(job_id):
-        # The model's work is spent: keep it on the record, but a finished job takes no further steps.
-        store.put_attempt(job_id, attempt, event="attempt.generated", usage=completion.usage)
         return {"skipped": "job finished during generation"}
-    store.put_attempt(job_id, attempt, event="attempt.generated", usage=completion.usage)
-    if extraction.code is None:
+    return _resume_generated(job_id, chain, round_, spec, attempt)
+
+
+def _resume_generated(job_id: str, chain: int, round_: int, spec: JobSpec, attempt: dict[str, Any]) -> dict[str, Any]:
+    """The step after a recorded generation: verify its code, or (no code) go on to the next round."""
+    if attempt.get("verdict") is None and attempt.get("code") is not None:
+        context.current().dispatch.verify(job_id, chain, round_, spec.lean_version)
+    elif attempt.get("verdict") == Verdict.NO_CODE.value:
         _advance(job_id, chain, round_, spec)
-    elif store.claim(job_id, f"ver:{chain}:{round_}"):
-        ctx.dispatch.verify(job_id, chain, round_, spec.lean_version)
-    return {"verdict": attempt["verdict"], "chars": len(extraction.code or "")}
+    return {"verdict": attempt.get("verdict"), "chars": len(attempt.get("code") or "")}
 
 
 def _retrieve(ctx: context.WorkerContext, job_id: str, spec: JobSpec) -> list[RetrievedProof]:
@@ -141,7 +151,7 @@ def _previous_attempt(
     """The attempt a repair round revises, and Lean's messages on it for profiles that lay them out themselves
     (positions in `messages` refer to the model's code, which is what `checked_code` is)."""
     prev = store.attempt(job_id, chain, round_ - 1) if round_ > 1 else None
-    if prev is None:
+    if prev is None or prev.get("verdict") is None:
         return None, {}
     code = prev.get("code") or ""
     previous = PreviousAttempt(code=code, feedback=prev.get("feedback") or "", verdict=Verdict(prev["verdict"]))
@@ -155,6 +165,9 @@ def verify_round(job_id: str, chain: int, round_: int) -> dict[str, Any]:
     ctx = context.current()
     store = ctx.store
     if store.is_finished(job_id):
+        if store.proved_by(job_id) == (chain, round_):
+            # This step proved the job and then failed before the proof reached the memory: finish that part.
+            ctx.dispatch.remember(job_id)
         return {"skipped": "job finished"}
     assert ctx.checker is not None, "verify_round needs a worker started with a Lean checker"
     spec = store.spec(job_id)
@@ -192,9 +205,8 @@ def _advance(job_id: str, chain: int, round_: int, spec: JobSpec) -> None:
     if ctx.store.is_finished(job_id):
         return
     if round_ < spec.rounds:
-        if ctx.store.claim(job_id, f"gen:{chain}:{round_ + 1}"):
-            ctx.dispatch.generate(job_id, chain, round_ + 1)
-    elif ctx.store.claim(job_id, f"end:{chain}"):
+        ctx.dispatch.generate(job_id, chain, round_ + 1)
+    else:
         ctx.store.chain_ended(job_id, chain)
 
 
@@ -238,7 +250,10 @@ def verify_code(request_id: str, payload: dict[str, Any]) -> dict[str, Any]:
     ctx = context.current()
     assert ctx.checker is not None
     result = ctx.checker.check(
-        payload["code"], formal_statement=payload.get("formal_statement"), header=payload.get("header")
+        payload["code"],
+        formal_statement=payload.get("formal_statement"),
+        header=payload.get("header"),
+        timeout_s=payload.get("timeout_s"),
     )
     body = {**result.to_json(), "lean": ctx.checker.versions()}
     _deliver_verify_result(ctx.redis, request_id, body)
@@ -299,7 +314,11 @@ def _store(ctx: context.WorkerContext | None, connection: Any) -> Any:
 def _end_with_error(job_id: str, error: str, *, connection: Any = None) -> None:
     ctx = context.maybe_current()
     store = _store(ctx, connection)
-    if store.fail_with_error(job_id, error):
+    try:
+        ended = store.fail_with_error(job_id, error)
+    except NotFound:  # expired meanwhile: nothing left to end
+        return
+    if ended:
         logger.error("job %s: ended with error: %s", job_id, error)
         if ctx is not None:
             spec = store.spec(job_id)

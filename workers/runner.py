@@ -11,8 +11,14 @@ Why threads of `SimpleWorker` rather than RQ's default worker, `rq worker-pool`,
 
 What threads change, and how this module handles it:
 - Signals reach only the main thread: the pool installs the handlers and asks every worker to stop. A worker
-  blocked waiting for a job wakes every `DEQUEUE_POLL_S` to see the request (RQ's own loop would wait ~7 min).
-- `SIGALRM` timeouts work only in the main thread: jobs are timed with RQ's `TimerDeathPenalty` instead.
+  blocked waiting for a job wakes every `DEQUEUE_POLL_S` to see the request (RQ's own loop would wait ~7 min),
+  and it looks at the request only before it blocks, never between taking a job and running it, so a stop
+  cannot drop a job it already took off the queue.
+- `SIGALRM` timeouts work only in the main thread: jobs are timed with RQ's `TimerDeathPenalty` instead, and
+  so are the failure callbacks that RQ's maintenance runs for abandoned jobs (`StartedJobRegistry` would
+  otherwise try to install a SIGALRM handler from a worker thread, fail, and skip the callback).
+- A thread whose RQ worker quits (Redis went away, an unexpected error) is restarted with a fresh worker after
+  a pause, and so is the scheduler: a Redis restart must not leave the pool with fewer workers or no retries.
 - `SimpleWorker` sends no heartbeat while a job runs, so RQ could only call a job abandoned after its whole
   timeout (half an hour for a long generation). Here a side thread heartbeats every running job, and a job
   whose heartbeats stop for `abandoned_after_s` (its worker was SIGKILLed, its machine died) is found by RQ's
@@ -24,25 +30,29 @@ What threads change, and how this module handles it:
 
 from __future__ import annotations
 
-import json
+import contextlib
 import logging
 import os
+import secrets
 import signal
 import socket
 import threading
+import time
 from collections.abc import Sequence
 from typing import Any
 
-from rq.exceptions import StopRequested
+import redis
+from rq.exceptions import DequeueTimeout, StopRequested
 from rq.executions import Execution
 from rq.job import Job
 from rq.queue import Queue
+from rq.registry import StartedJobRegistry
 from rq.scheduler import RQScheduler
 from rq.serializers import JSONSerializer
 from rq.timeouts import TimerDeathPenalty
 from rq.worker import SimpleWorker, WorkerStatus
 
-from services import keys
+from services import lean_workers
 from workers import context
 from workers.context import WorkerContext
 
@@ -52,6 +62,8 @@ logger = logging.getLogger(__name__)
 DEQUEUE_POLL_S = 2
 # How often a verify worker re-announces its Lean versions (below keys.LEAN_WORKER_TTL_S).
 ANNOUNCE_EVERY_S = 20
+# Pause before a quit worker thread or a failed scheduler is started again.
+RESTART_PAUSE_S = 2
 
 
 class ThreadWorker(SimpleWorker):
@@ -67,12 +79,41 @@ class ThreadWorker(SimpleWorker):
     def dequeue_timeout(self) -> int:
         return DEQUEUE_POLL_S
 
-    def heartbeat(self, timeout: int | None = None, pipeline: Any = None) -> None:
-        # RQ stops an idle worker by raising StopRequested from its signal handler; a thread cannot receive
-        # one, so an idle worker raises it here, at the heartbeat it sends between two dequeue waits.
-        if self._stop_requested and self._state == WorkerStatus.IDLE and pipeline is None:
-            raise StopRequested()
-        super().heartbeat(timeout, pipeline)
+    def dequeue_job_and_maintain_ttl(self, timeout: int | None, max_idle_time: int | None = None) -> Any:
+        """Wait for a job in short slices, looking at the stop request only before each wait.
+
+        RQ stops an idle worker by raising StopRequested from its signal handler, which a thread cannot
+        receive; raising it anywhere after a job was popped would lose that job.
+        """
+        self.set_state(WorkerStatus.IDLE)
+        backoff = 1.0
+        while True:
+            if self._stop_requested:
+                raise StopRequested()
+            try:
+                self.heartbeat()
+                if self.should_run_maintenance_tasks:
+                    self.run_maintenance_tasks()
+                result = self.queue_class.dequeue_any(
+                    self._ordered_queues,
+                    DEQUEUE_POLL_S,
+                    connection=self.connection,
+                    job_class=self.job_class,
+                    serializer=self.serializer,
+                    death_penalty_class=self.death_penalty_class,
+                )
+            except DequeueTimeout:
+                continue
+            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+                logger.warning("worker %s: Redis unavailable (%s); retrying in %.0f s", self.name, exc, backoff)
+                time.sleep(backoff)
+                backoff = min(backoff * 2, 30.0)
+                continue
+            if result is not None:
+                job, queue = result
+                self.reorder_queues(reference_queue=queue)
+                logger.info("worker %s: %s: %s", self.name, queue.name, job.id)
+                return result
 
     def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
         return self.abandoned_after_s
@@ -104,6 +145,8 @@ class ThreadWorker(SimpleWorker):
 
 
 class _ThreadScheduler(RQScheduler):
+    """RQ's scheduler (it moves jobs whose retry delay has passed back onto their queues), run as a thread."""
+
     def _install_signal_handlers(self) -> None:
         """Stopped by the pool through request_stop()."""
 
@@ -114,73 +157,94 @@ class WorkerPool:
         self.queues = list(queues)
         self.concurrency = concurrency
         self.kind = kind
-        self.name = f"{kind}.{socket.gethostname()}.{os.getpid()}"
+        # The random part keeps names unique across container restarts, where hostname and pid repeat.
+        self.name = f"{kind}.{socket.gethostname()}.{os.getpid()}.{secrets.token_hex(3)}"
         self._stop = threading.Event()
-        self._workers: list[ThreadWorker] = []
+        self._lock = threading.RLock()  # also taken by the signal handler, on the main thread
+        self._workers: dict[int, ThreadWorker] = {}
         self._threads: list[threading.Thread] = []
         self._scheduler: _ThreadScheduler | None = None
 
-    def _make_worker(self, index: int) -> ThreadWorker:
+    def _make_worker(self, index: int, generation: int = 0) -> ThreadWorker:
+        suffix = f".{generation}" if generation else ""
         worker = ThreadWorker(
             self.queues,
-            name=f"{self.name}.{index}",
+            name=f"{self.name}.{index}{suffix}",
             connection=self.ctx.redis,
             serializer=JSONSerializer,
             maintenance_interval=self.ctx.settings.worker.maintenance_interval_s,
         )
         worker.abandoned_after_s = self.ctx.settings.worker.abandoned_after_s
         worker.log_result_lifespan = False
+        worker.log_job_description = False
         return worker
 
     def start(self) -> None:
+        # RQ builds these registries itself during maintenance; see the module docstring.
+        StartedJobRegistry.death_penalty_class = TimerDeathPenalty
         context.install(self.ctx)
-        self._scheduler = _ThreadScheduler(self.queues, connection=self.ctx.redis, serializer=JSONSerializer)
         threading.Thread(target=self._run_scheduler, name=f"{self.kind}-scheduler", daemon=True).start()
         for index in range(self.concurrency):
-            worker = self._make_worker(index)
-            thread = threading.Thread(target=self._run_worker, args=(worker,), name=f"{self.kind}-{index}", daemon=True)
-            self._workers.append(worker)
+            thread = threading.Thread(target=self._run_worker, args=(index,), name=f"{self.kind}-{index}", daemon=True)
             self._threads.append(thread)
             thread.start()
         logger.info("%s: %d workers on queues %s", self.name, self.concurrency, ", ".join(self.queues))
 
-    def _run_worker(self, worker: ThreadWorker) -> None:
-        try:
-            worker.work(logging_level=logging.getLevelName(logging.getLogger().level))
-        except Exception:
-            logger.exception("%s: worker thread %s died", self.name, worker.name)
-            self._stop.set()
+    def _run_worker(self, index: int) -> None:
+        """Keep one RQ worker running in this thread until the pool stops."""
+        generation = 0
+        while not self._stop.is_set():
+            worker = self._make_worker(index, generation)
+            with self._lock:
+                self._workers[index] = worker
+                worker._stop_requested = self._stop.is_set()  # a stop requested while it was being made
+            try:
+                worker.work(logging_level=logging.getLevelName(logging.getLogger().level))
+            except Exception:
+                logger.exception("%s: worker %s failed", self.name, worker.name)
+            if self._stop.is_set():
+                return
+            logger.warning("%s: worker %s quit; starting a new one in %d s", self.name, worker.name, RESTART_PAUSE_S)
+            self._stop.wait(RESTART_PAUSE_S)
+            generation += 1
 
     def _run_scheduler(self) -> None:
-        assert self._scheduler is not None
+        """One pool per queue set holds RQ's scheduler lock; the others stand by to take over."""
         while not self._stop.is_set():
-            # Several pools may run; one holds each queue's scheduler lock, the others wait to take over.
-            self._scheduler.acquire_locks()
-            if self._scheduler.acquired_locks:
-                try:
-                    self._scheduler.work()
-                except Exception:
-                    logger.exception("%s: scheduler failed; restarting", self.name)
-                return
-            self._stop.wait(30)
+            try:
+                scheduler = _ThreadScheduler(self.queues, connection=self.ctx.redis, serializer=JSONSerializer)
+                self._scheduler = scheduler
+                if scheduler.acquire_locks():
+                    scheduler.work()  # returns once request_stop() was called
+                    if self._stop.is_set():
+                        return
+            except Exception:
+                logger.exception("%s: scheduler failed; restarting it", self.name)
+            self._stop.wait(RESTART_PAUSE_S)
 
     def announce(self) -> None:
-        """Tell /readyz and the gateway which Lean this verify worker serves."""
+        """Tell the gateway and /readyz which Lean this verify worker serves."""
         if self.ctx.checker is None:
             return
         info = {
+            "name": self.name,
             "version": self.ctx.settings.lean.version,
             "queues": self.queues,
             "concurrency": self.concurrency,
             **self.ctx.checker.versions(),
         }
-        self.ctx.redis.set(keys.lean_worker_key(self.name), json.dumps(info), ex=keys.LEAN_WORKER_TTL_S)
+        try:
+            lean_workers.announce(self.ctx.redis, self.name, info)
+        except redis.exceptions.RedisError as exc:
+            logger.warning("%s: could not announce the Lean versions (%s); retrying", self.name, exc)
 
     def request_stop(self) -> None:
         if not self._stop.is_set():
             logger.info("%s: stopping after the jobs in flight (signal again to stop at once)", self.name)
         self._stop.set()
-        for worker in self._workers:
+        with self._lock:
+            workers = list(self._workers.values())
+        for worker in workers:
             worker._stop_requested = True
         if self._scheduler is not None:
             self._scheduler.request_stop()
@@ -209,7 +273,8 @@ class WorkerPool:
                 thread.join()
         finally:
             if self.ctx.checker is not None:
-                self.ctx.redis.delete(keys.lean_worker_key(self.name))
+                with contextlib.suppress(redis.exceptions.RedisError):
+                    lean_workers.withdraw(self.ctx.redis, self.name)
             context.install(None)
             self.ctx.close()
         logger.info("%s: stopped", self.name)
