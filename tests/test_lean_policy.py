@@ -48,7 +48,7 @@ def test_clean_code_is_not_flagged(code) -> None:
         ("theorem t (a b : ℕ) (h : a < b) : a ≤ b\n  | 0, _ => by omega", "cannot find the `:=`"),
         ("open Foo\ntheorem t (a b : ℕ) (h : a < b) : a ≤ b := by omega", "`open`"),
         ("import Mathlib.Tactic\ntheorem t (a b : ℕ) (h : a < b) : a ≤ b := by omega", "`import` outside"),
-        ("theorem t (a b : ℕ) (h : a < b) : a ≤ b := by decide (config := {native := true})", "native := true"),
+        ("theorem t (a b : ℕ) (h : a < b) : a ≤ b := by decide (config := {native := true})", "`native`"),
     ],
     ids=["sorry-in-equations", "equation-compiler", "open-before", "import", "native-config"],
 )
@@ -110,3 +110,61 @@ def test_header_parts() -> None:
 )
 def test_axioms_answer(data, expected) -> None:
     assert parse_axioms_answer(data) == expected
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        "theorem t (a b : ℕ) (h : a < b) : a ≤ b := by\n  open Nat in\n  omega",
+        "theorem t (a b : ℕ) (h : a < b) : a ≤ b := by\n  set_option maxRecDepth 1000 in\n  omega",
+        "theorem t (a b : ℕ) (h : a < b) : a ≤ b := by\n  exact (open Nat in h.le)",
+        "/-- the doc -/\ntheorem t (a b : ℕ) (h : a < b) : a ≤ b := by omega",
+        "lemma aux : True := trivial\n\n/-- doc -/\nset_option maxHeartbeats 400000 in\n"
+        "theorem t (a b : ℕ) (h : a < b) : a ≤ b := by omega",
+        "@[simp] lemma aux (n : ℕ) : n + 0 = n := rfl\n\ntheorem t (a b : ℕ) (h : a < b) : a ≤ b := by omega",
+        "theorem t (a b : ℕ) (h : a < b) : a ≤ b := by\n  cases' le_total a b with h' h'' <;> omega",
+        "theorem t (a b : ℕ) (h : a < b) : a ≤ b := by\n  -- `theorem` in a comment, #eval too\n  omega",
+    ],
+    ids=["open-in-tactic", "set-option-in-tactic", "open-in-term", "doc-comment", "heartbeats-prefix", "simp-helper",
+         "primes", "comment-mentions-commands"],
+)  # fmt: skip
+def test_legitimate_proofs_are_not_flagged(code) -> None:
+    assert rules(code) == []
+
+
+def test_helpers_and_target_are_separate_commands_in_one_coordinate_system() -> None:
+    code = (
+        "lemma aux : True := trivial\n\n-- note\nset_option maxHeartbeats 400000 in\n"
+        "theorem t (a b : ℕ) (h : a < b) : a ≤ b := by\n  omega\n"
+    )
+    composed = compose(code, header=DEFAULT_LEAN_HEADER, formal_statement=STATEMENT)
+    assert composed.violations == []
+    assert composed.helpers_command == "lemma aux : True := trivial\n"
+    assert composed.target_command.startswith("\n\n-- note\nset_option maxHeartbeats 400000 in\ntheorem t (a b : ℕ)\n")
+    assert composed.commands == [composed.helpers_command, composed.target_command]
+    # both commands are in the coordinates of `command` (what `compiled` shows)
+    assert composed.command.split("\n")[4] == composed.target_command.split("\n")[4] == "theorem t (a b : ℕ)"
+    assert composed.command.startswith(composed.helpers_command)
+    # no helpers: one command
+    alone = compose("theorem t (a b : ℕ) (h : a < b) : a ≤ b := by omega", header="", formal_statement=STATEMENT)
+    assert alone.helpers_command == "" and alone.commands == [alone.target_command]
+
+
+@pytest.mark.parametrize(
+    ("code", "rule"),
+    [
+        ("lemma aux : True := trivial instance : LT ℕ := ⟨fun _ _ => True⟩\n" + STATEMENT[:-6] + " omega", "instance"),
+        ("theorem t (a b : ℕ) (h : a < b) : a ≤ b := by\n  omega\ntheorem\n  t' : True := trivial", "a command after"),
+        ("theorem t (a b : ℕ) (h : a < b) : a ≤ b := by\n  omega\nlemma «t» : True := trivial", "more than once"),
+        ("theorem t (a b : ℕ) (h : a < b) : a ≤ b := by\n  #guard_msgs in omega", "`#` commands"),
+        ("theorem t (a b : ℕ) (h : a < b) : a ≤ b := by\n  exact (IO.println \"\" |> fun _ => h.le)", "meta"),
+        ("@[init] def x : Nat := 0\ntheorem t (a b : ℕ) (h : a < b) : a ≤ b := by omega", "attribute `init`"),
+        ("@[my_parser] def x : Nat := 0\ntheorem t (a b : ℕ) (h : a < b) : a ≤ b := by omega", "attribute"),
+        ("theorem t (a b : ℕ) (h : a < b) : a ≤ b := by\n  decide +kernel", "`decide` with options"),
+        ("theorem t (a b : ℕ) (h : a < b) : a ≤ b := by\n  exact (by_elab pure (Lean.mkConst ``h))", "`by_elab`"),
+    ],
+    ids=["instance-mid-line", "body-theorem", "body-guillemet-name", "guard-msgs", "io", "init-attr", "parser-attr",
+         "decide-options", "by-elab"],
+)  # fmt: skip
+def test_more_violations(code, rule) -> None:
+    assert any(rule in found for found in rules(code)), rules(code)

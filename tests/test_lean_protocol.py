@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from services.lean.protocol import ProtocolError, decode_reply, encode_command, parse_reply, split_replies
+from services.lean.protocol import Pos, ProtocolError, decode_reply, encode_command, parse_reply, split_replies
 from tests.lean_cases import SHARED_DATA
 from tests.standins.fake_repl import lean_cmd, render_json, write_table
 
@@ -125,3 +125,23 @@ def test_raw_newline_in_a_request_is_lost_and_malformed_json_kills_the_process(t
     first = decode_reply(split_replies(done.stdout)[0])
     assert first.messages[0].data == "unknown"  # the lines were joined: `bysorry`, as the real repl does
     assert done.returncode == 1 and "Could not parse JSON" in done.stderr
+
+
+def test_stand_in_check_answers_in_the_real_layout(tmp_path) -> None:
+    """`#check` as in the real transcript (repl v4.15.0 test/dup_msg): one info message at the `#check` token."""
+    expected = (SHARED_DATA / "repl_transcripts/repl/v4.15.0/test/dup_msg.expected.out").read_text()
+    table = write_table(tmp_path / "t.json", [{"always": True, "outcome": "pass"}])
+    requests = [
+        encode_command("def f : Nat := 2").decode(),
+        encode_command("#check f", 0).decode(),
+        encode_command("#check g", 1).decode(),
+        encode_command("theorem\n  f : True := trivial", 0).decode(),
+        encode_command("set_option pp.all true in\n#check @_root_.«f»", 0).decode(),
+    ]
+    done = _run(table, "".join(requests))
+    replies = split_replies(done.stdout)
+    assert replies[1] == split_replies(expected)[1]  # byte for byte: `f : Nat` at 1:0-1:6
+    assert decode_reply(replies[2]).messages[0].data == "unknown identifier 'g'"
+    assert decode_reply(replies[3]).messages[0].data == "'f' has already been declared"  # any layout, as Lean
+    answer = decode_reply(replies[4]).messages[0]
+    assert (answer.severity, answer.data, answer.pos) == ("info", "f : Nat", Pos(2, 0))

@@ -1,12 +1,16 @@
 """`LeanChecker`: theorem and code in, a verdict out, failing closed at every step (DESIGN §5).
 
 1. text policy on the model's code (`policy.compose`): a violation is `rejected` before Lean sees anything;
-2. the requested statement is imposed: Lean compiles helpers + the statement verbatim + the model's body;
+2. the requested statement is imposed: Lean compiles the helpers as one command, then the statement verbatim +
+   the model's body as a second command on the helpers' environment;
 3. compile in the header's environment of a warm REPL: any error, any sorry (listed or as the warning in either
-   quote style), a `{"message": ...}` reply, a timeout, EOF or an unparseable reply is not a pass;
+   quote style), a heartbeat/recursion-limit message, a `{"message": ...}` reply, a timeout, EOF or an
+   unparseable reply is not a pass;
 4. `#print axioms` on the target (every named theorem without a statement) as a separate command: its standard
    answer must be seen and list only propext, Classical.choice, Quot.sound;
-5. optionally (`strict`), replay in a fresh kernel environment and compare the type with the reference.
+5. a type check that trusts no text rule: `#check @_root_.<target>` under `pp.all` on the final environment must
+   print exactly what it prints for the requested statement elaborated alone on the header's environment;
+6. optionally (`strict`), replay in a fresh kernel environment and compare the type with the reference.
 
 A proof that crashes or hangs its REPL gets `error`/`timeout` and the process is killed and replaced; only
 infrastructure failures that a retry could fix raise `LeanError`.
@@ -16,6 +20,7 @@ from __future__ import annotations
 
 import logging
 import re
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -36,6 +41,9 @@ from services.settings import LeanSettings
 logger = logging.getLogger(__name__)
 
 _SORRY_WARNING = re.compile(r"declaration uses ['\"]sorry['\"]")
+_RESOURCE_MESSAGE = re.compile(r"\(deterministic\) timeout|maxHeartbeats|maximum recursion depth", re.I)
+_TYPE_COMMAND = "set_option pp.all true in\n#check @_root_.{name}"
+REFERENCE_CACHE = 4096  # requested statements whose printed type is remembered
 # Modules the usual headers import that `import Mathlib` already brings in.
 _COVERED_BY_MATHLIB = ("Mathlib", "Aesop", "Batteries", "Lean", "Std", "Qq", "ProofWidgets", "Plausible", "Init")
 
@@ -75,6 +83,8 @@ class LeanChecker:
         self.settings = settings
         self.pool = ReplPool(settings)
         self._static_versions = _configured_versions(settings)
+        self._reference_types: dict[tuple[str, str], str] = {}
+        self._reference_lock = threading.Lock()
 
     # -- life cycle --------------------------------------------------------------------------------------------
     def start(self) -> None:
@@ -141,17 +151,27 @@ class LeanChecker:
             deadline = time.monotonic() + limit
             try:
                 try:
-                    env = lease.repl.header_env(rest, deadline)
+                    env = header_env = lease.repl.header_env(rest, deadline)
                 except HeaderError as exc:
                     raise RequestError(str(exc), param="header", code="invalid_header") from exc
-                reply = lease.process.request(composed.command, env, deadline=deadline)
-                verdict, messages, detail = self._judge(reply, composed)
-                if reply.error is not None:
-                    lease.broken = f"error reply: {reply.error}"
-                if verdict is not Verdict.PASS or reply.env is None:
-                    return done(verdict, messages, sorries=reply.sorries, detail=detail)
+                messages: list[LeanMessage] = []
+                sorries: tuple[Sorry, ...] = ()
+                for command in composed.commands:
+                    reply = lease.process.request(command, env, deadline=deadline)
+                    verdict, new_messages, detail = self._judge(reply, composed)
+                    messages += new_messages
+                    sorries += reply.sorries
+                    if reply.error is not None:
+                        lease.broken = f"error reply: {reply.error}"
+                    if verdict is not Verdict.PASS or reply.env is None:
+                        return done(verdict, messages, sorries=sorries, detail=detail)
+                    env = reply.env
                 names = [composed.target] if composed.target else composed.theorems
-                axioms, problem = self._axioms(lease, names, reply.env, deadline)
+                axioms, problem = self._axioms(lease, names, env, deadline)
+                if not problem and composed.target and formal_statement is not None:
+                    problem = self._same_type(
+                        lease, composed.target, env, header_env, formal_statement, header, deadline
+                    )
             except ReplFailure as failure:
                 lease.broken = f"{failure.kind}: {failure.detail}"
                 logger.info("check ended by %s: %s", failure.kind, failure.detail)
@@ -170,6 +190,40 @@ class LeanChecker:
             note = LeanMessage(severity="error", data=problem, source="checker")
             return done(Verdict.FAIL, [*messages, note], axioms=axioms, detail=problem)
         return done(Verdict.PASS, messages, axioms=axioms)
+
+    def _same_type(
+        self, lease: Lease, name: str, env: int, header_env: int, formal_statement: str, header: str, deadline: float
+    ) -> str:
+        """The type check that does not trust the text policy: Lean prints (`pp.all`) the type of `_root_.<name>`
+        in the final environment and in the header's environment plus the requested statement proved by `sorry`;
+        the two must be the same text (both printed by the same Lean, so a swallowed, renamed, redeclared or
+        weakened target, or one elaborated with other instances, prints differently). Returns a problem or ""."""
+        got, problem = _type_of(lease, name, env, deadline)
+        if problem:
+            return f"the type check of `{name}` failed: {problem}"
+        key = (header, formal_statement)
+        with self._reference_lock:
+            expected = self._reference_types.get(key)
+        if expected is None:
+            reference = parse_statement(formal_statement).head + " by\n  sorry"
+            reply = lease.process.request(reference, header_env, deadline=deadline)
+            errors = [m.data for m in reply.messages if m.is_error]
+            if reply.error is not None or errors or reply.env is None:
+                why = reply.error or "; ".join(errors) or "no environment"
+                return f"the requested statement does not elaborate on its own ({why})"
+            expected, problem = _type_of(lease, name, reply.env, deadline)
+            if problem:
+                return f"the type check of the requested statement failed: {problem}"
+            with self._reference_lock:
+                if len(self._reference_types) >= REFERENCE_CACHE:
+                    self._reference_types.pop(next(iter(self._reference_types)))
+                self._reference_types[key] = expected
+        if " ".join(got.split()) != " ".join(expected.split()):
+            return (
+                f"`{name}` in the checked environment is not the requested theorem: Lean prints its type as "
+                f"{_clip(got)!r}, the requested statement's as {_clip(expected)!r}"
+            )
+        return ""
 
     def _require_covered(self, imports: list[str]) -> None:
         have = set(self.pool.imports)
@@ -210,6 +264,8 @@ class LeanChecker:
         errors = [m for m in messages if m.is_error]
         if errors:
             return Verdict.FAIL, messages, f"{len(errors)} Lean error(s)"
+        if any(_RESOURCE_MESSAGE.search(m.data) for m in messages):  # whatever its severity
+            return Verdict.FAIL, messages, "Lean reported a heartbeat/recursion limit"
         if reply.sorries or any(_SORRY_WARNING.search(m.data) for m in messages):
             return Verdict.FAIL, messages, "the proof uses sorry"
         return Verdict.PASS, messages, ""
@@ -236,6 +292,23 @@ class LeanChecker:
         if extra:
             return found, f"the proof depends on non-standard axioms: {', '.join(extra)}"
         return found, ""
+
+
+def _type_of(lease: Lease, name: str, env: int, deadline: float) -> tuple[str, str]:
+    """(what `#check @_root_.<name>` prints with `pp.all`, problem or ""): exactly one info message, no error."""
+    reply = lease.process.request(_TYPE_COMMAND.format(name=name), env, deadline=deadline)
+    if reply.error is not None:
+        return "", f"the REPL answered with an error: {reply.error}"
+    errors = [m.data for m in reply.messages if m.is_error]
+    infos = [m.data for m in reply.messages if m.severity == "info"]
+    if errors or len(infos) != 1 or not infos[0].strip():
+        return "", "; ".join(errors) or f"expected one answer, got {len(infos)}"
+    return infos[0], ""
+
+
+def _clip(text: str, limit: int = 300) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[:limit] + " …"
 
 
 def _failure_text(failure: ReplFailure) -> str:

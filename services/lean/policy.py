@@ -5,9 +5,13 @@ right in the model's original text. Dropped lines (repeats of the request header
 emptied, not removed, so line numbers never move.
 
 The text Lean compiles is composed, never trusted: the model's declarations before its target theorem (helper
-lemmas), then the requested statement exactly as the request gave it (`parse_statement(...).head`), then the
-model's proof body (everything after the `:=` of its own target). `PositionMap` maps Lean's positions in that
-composed command back to the model's code.
+lemmas) as one command, then the requested statement exactly as the request gave it (`parse_statement(...).head`)
+and the model's proof body (everything after the `:=` of its own target) as a second command. `PositionMap` maps
+Lean's positions in both (they share one coordinate system) back to the model's code.
+
+The lexer (`leantext.lex`) follows Lean's own, and code it cannot be sure to read as Lean does is rejected.
+Keywords are matched as tokens anywhere, not only at a line start; the checker's type check (`checker.py`) does
+not rely on any of this.
 """
 
 from __future__ import annotations
@@ -16,13 +20,13 @@ import re
 from dataclasses import dataclass, field
 
 from services.lean.protocol import LeanMessage, Pos
-from services.leantext import blank_comments_and_strings, parse_statement
+from services.leantext import blank_comments_and_strings, is_id_first, is_id_rest, lex, parse_statement
 
 STANDARD_AXIOMS = frozenset({"propext", "Classical.choice", "Quot.sound"})
 
-# Left/right boundaries of a Lean token (identifiers may hold `_`, `'`, `!`, `?` and digits).
-_L = r"(?<![A-Za-z0-9_'!?])"
-_R = r"(?![A-Za-z0-9_'!?])"
+# Left/right boundaries of a Lean token: identifiers hold letters (Unicode ones too), digits, `_`, `'`, `!`, `?`.
+_L = r"(?<![\w'!?])"
+_R = r"(?![\w'!?])"
 
 # Forbidden anywhere in the code: each (regex, why).
 FORBIDDEN: tuple[tuple[str, str], ...] = (
@@ -31,8 +35,8 @@ FORBIDDEN: tuple[tuple[str, str], ...] = (
     (_L + r"admit" + _R, "`admit` leaves the proof unfinished"),
     (_L + r"axiom" + _R, "a new `axiom` can prove anything"),
     (_L + r"native_decide" + _R, "`native_decide` trusts compiled code (axiom Lean.ofReduceBool)"),
-    (_L + r"decide\s*\+\s*native" + _R, "`decide +native` trusts compiled code"),
-    (_L + r"native\s*:=\s*true" + _R, "`decide (config := {native := true})` trusts compiled code"),
+    (_L + r"native" + _R, "`native` (`decide +native`, `native := …`) trusts compiled code"),
+    (_L + r"decide\s*(?:\(|\+|-(?!-)|←)", "`decide` with options (`+native`, `(config := …)`) is not allowed"),
     (_L + r"(?:Lean\.)?ofReduce(?:Bool|Nat)" + _R, "`ofReduceBool` trusts compiled code"),
     (_L + r"(?:Lean\.)?(?:reduceBool|reduceNat|trustCompiler)" + _R, "compiler-trusting primitives"),
     (_L + r"implemented_by" + _R, "`implemented_by` swaps in unchecked code"),
@@ -40,56 +44,101 @@ FORBIDDEN: tuple[tuple[str, str], ...] = (
     (_L + r"unsafe" + _R, "`unsafe` code is not checked by the kernel"),
     (r"#exit" + _R, "`#exit` stops checking early"),
     (r"#eval" + _R, "`#eval` runs code while checking"),
+    (r"#(?!\[)(?=[^\W\d])", "`#` commands (`#guard_msgs`, `#eval`, …) are not allowed in a proof"),
+    (r"`", "quotations and name literals (`` ` ``) are meta-programming"),
+    (r"\$", "`$` antiquotations are meta-programming"),
     (_L + r"run_(?:cmd|tac|elab|meta)" + _R, "`run_cmd`/`run_tac` run code while checking"),
+    (_L + r"by_elab" + _R, "`by_elab` runs code while checking"),
     (_L + r"(?:builtin_)?initialize" + _R, "`initialize` runs code"),
     (_L + r"elab(?:_rules)?" + _R, "`elab` defines new elaborators"),
     (_L + r"macro(?:_rules)?" + _R, "`macro` rewrites syntax"),
     (_L + r"syntax" + _R, "`syntax` changes the grammar"),
     (_L + r"declare_syntax_cat" + _R, "`declare_syntax_cat` changes the grammar"),
     (_L + r"notation3?" + _R, "`notation` changes what text means"),
-    (
-        r"(?m)^[ \t]*(?:@\[[^\]]*\][ \t]*)?(?:(?:local|scoped)[ \t]+)?(?:infixl?|infixr|prefix|postfix)" + _R,
-        "`infix`/`prefix`/`postfix` change what text means",
-    ),
+    (_L + r"(?:infixl?|infixr|prefix|postfix)" + _R, "`infix`/`prefix`/`postfix` change what text means"),
     (_L + r"open\s+private" + _R, "`open private` reaches private declarations"),
     (_L + r"set_option\s+debug\.", "`set_option debug.*` can switch checks off"),
     (_L + r"(?:apply|exact|rw)\?", "`apply?`/`exact?`/`rw?` are searches, not proofs"),
+    (_L + r"(?:include|omit)" + _R, "`include`/`omit` bring `variable`s into a declaration"),
 )
 
-# Forbidden before the target theorem, at command position: they can change what the statement's text means.
-_COMMAND_START = r"(?m)^[ \t]*(?:@\[[^\]]*\][ \t]*)*(?:(?:private|protected|noncomputable|local|scoped)[ \t]+)*"
+# Identifier components that belong to meta-programming (elaborators, the environment, IO): forbidden anywhere.
+META_NAMES = frozenset(
+    {
+        "Lean", "Elab", "Meta", "Parser", "PrettyPrinter", "Syntax", "Environment", "Kernel", "Compiler",
+        "IO", "EIO", "BaseIO", "MetaM", "TermElabM", "TacticM", "CommandElabM", "CoreM", "MacroM", "Macro",
+        "Qq", "addDecl", "addAndCompile", "addDeclarationRanges", "evalTactic", "withOptions", "skipKernelTC",
+        "Declaration", "ConstantInfo", "mkConst", "mkApp", "unsafeCast", "unsafeIO", "unsafeBaseIO", "unsafeEIO",
+        "ptrAddrUnsafe", "DecideConfig", "dbgTrace", "dbg_trace", "panic", "mkIdent", "instantiateMVars",
+        "Expr", "Name", "Tactic", "EnvExtension", "PersistentEnvExtension",
+    }
+)  # fmt: skip
+_META_COMPONENT = re.compile(
+    r"(?:^|_)(?:elab|elabs|parser|parsers|macro|delab|unexpander|extension)(?:_|$)|^(?:builtin|register|declare)_"
+    r"|Elab(?:orator)?$|Parser$|Extension$"
+)
+# Attributes a helper may carry; any other (`command_elab`, `tactic`, `init`, `*_parser`, `instance`,
+# `default_instance`, `to_additive`, `csimp`, norm_num/positivity extensions, …) is rejected.
+SAFE_ATTRIBUTES = frozenset(
+    {
+        "simp", "simps", "reducible", "irreducible", "semireducible", "inline", "noinline", "specialize", "ext",
+        "symm", "refl", "trans", "congr", "mono", "gcongr", "elab_as_elim", "nolint", "aesop", "push_cast",
+        "norm_cast", "field_simps", "fun_prop", "continuity", "measurability", "bound", "nontriviality",
+        "pp_nodot", "match_pattern", "deprecated", "inherit_doc", "local", "scoped", "simp_arith",
+    }
+)  # fmt: skip
+
+_ALLOWED_OPTION = r"(?:maxHeartbeats|maxRecDepth|synthInstance\.maxHeartbeats)"
+# Forbidden before the target theorem, as tokens anywhere: they can change what the statement's text means.
 BEFORE_TARGET: tuple[tuple[str, str], ...] = (
-    (r"(?m)^[ \t]*(?:@\[[^\]]*\][ \t]*)*(?:local|scoped)" + _R, "local/scoped declarations"),
-    (_COMMAND_START + r"instance" + _R, "an `instance`"),
-    (_L + r"deriving\s+instance" + _R, "`deriving instance`"),
-    (r"@\[[^\]]*" + _L + r"instance" + _R, "an `instance` attribute"),
-    (_COMMAND_START + r"attribute" + _R, "`attribute`"),
-    (_COMMAND_START + r"namespace" + _R, "`namespace`"),
-    (_COMMAND_START + r"section" + _R, "`section`"),
-    (_COMMAND_START + r"open" + _R, "`open`"),
-    (_COMMAND_START + r"export" + _R, "`export`"),
-    (_COMMAND_START + r"variable" + _R, "`variable`"),
-    (_COMMAND_START + r"universe" + _R, "`universe`"),
-    (_COMMAND_START + r"set_option(?!\s+(?:maxHeartbeats|maxRecDepth|synthInstance\.maxHeartbeats)\s)", "`set_option`"),
+    (_L + r"(?:local|scoped)" + _R, "local/scoped declarations"),
+    (_L + r"instance" + _R, "an `instance`"),
+    (_L + r"deriving" + _R, "`deriving`"),
+    (_L + r"attribute" + _R, "`attribute`"),
+    (_L + r"namespace" + _R, "`namespace`"),
+    (_L + r"section" + _R, "`section`"),
+    (_L + r"end" + _R, "`end`"),
+    (_L + r"open" + _R, "`open`"),
+    (_L + r"export" + _R, "`export`"),
+    (_L + r"variable" + _R, "`variable`"),
+    (_L + r"universe" + _R, "`universe`"),
+    (_L + r"mutual" + _R, "`mutual`"),
+    (_L + r"set_option(?!\s+" + _ALLOWED_OPTION + r"\s)", "`set_option`"),
+)
+
+# In the proof body (after the target's `:=`): tokens that end the declaration and start new commands.
+# `open … in` and `set_option … in` are also tactics and terms, so only those forms are allowed.
+_OPEN_IN_REST = r"(?:\s+(?!in" + _R + r")[\w.'!?«»]+)+\s+in" + _R
+_SET_OPTION_IN_REST = r"\s+[\w.«»]+\s+\S+\s+in" + _R
+BODY_COMMANDS: tuple[tuple[str, str], ...] = (
+    (
+        _L + r"(?:theorem|lemma|def|abbrev|instance|example|opaque|structure|class|inductive|coinductive|namespace"
+        r"|section|end|universe|variable|attribute|export|mutual|noncomputable|private|protected|local|scoped"
+        r"|deriving|alias|proof_wanted|irreducible_def|add_decl_doc|unif_hint|initialize_simps_projections"
+        r"|assert_not_exists|library_note|suppress_compilation|compile_inductive|recall)" + _R,
+        "a command after the proof (the proof body must not end the declaration)",
+    ),
+    (r"@\[", "an attribute in the proof body starts a new declaration"),
+    (_L + r"open" + _R + r"(?!" + _OPEN_IN_REST + r")", "`open` in the proof body (only `open … in`)"),
+    (_L + r"set_option" + _R + r"(?!" + _SET_OPTION_IN_REST + r")", "`set_option` in the proof body (only `… in`)"),
 )
 
 _FORBIDDEN = tuple((re.compile(pattern), why) for pattern, why in FORBIDDEN)
 _BEFORE_TARGET = tuple((re.compile(pattern), why) for pattern, why in BEFORE_TARGET)
+_BODY_COMMANDS = tuple((re.compile(pattern), why) for pattern, why in BODY_COMMANDS)
 _LINE = re.compile(r"(?m)^.*$")
 _IMPORT = re.compile(r"(?m)^[ \t]*import[ \t]+(\S+)[ \t]*$")
-_ANY_IMPORT = re.compile(r"(?m)^[ \t]*import" + _R)
+_ANY_IMPORT = re.compile(_L + r"import" + _R)
 _DROPPED_COMMAND = re.compile(r"(?m)^[ \t]*#(?:print|check)" + _R + r".*$")
-_HELPER_NAME = re.compile(
-    r"(?m)^[ \t]*(?:@\[[^\]]*\][ \t]*)*(?:(?:private|protected|noncomputable|nonrec|partial)[ \t]+)*"
-    r"(?:theorem|lemma|def|abbrev|instance|structure|class|inductive|opaque)[ \t]+([^\s(){}\[\]:,⦃⦄]+)"
-)
+_DECL_KEYWORDS = r"(?:theorem|lemma|def|abbrev|instance|structure|class|inductive|opaque|axiom)"
+_HELPER_NAME = re.compile(_L + _DECL_KEYWORDS + r"\s+([^\s(){}\[\]:,⦃⦄]+)")
 _TARGET_DECL = (
-    r"(?m)^[ \t]*(?:@\[[^\]]*\][ \t]*)*(?:(?:private|protected)[ \t]+)?(?:theorem|lemma)[ \t]+{name}(?=[\s(\[{{:⦃])"
+    r"(?m)^[ \t]*(?:@\[[^\]]*\][ \t]*)*(?:(?:private|protected)[ \t]+)?(?:theorem|lemma)\s+{name}(?=[\s(\[{{:⦃])"
 )
-_NAMED_THEOREM = re.compile(
-    r"(?m)^[ \t]*(?:@\[[^\]]*\][ \t]*)*(?:(?:private|protected)[ \t]+)?(?:theorem|lemma)[ \t]+([^\s(){}\[\]:,⦃⦄]+)"
-)
+_NAMED_THEOREM = re.compile(_L + r"(?:theorem|lemma)\s+([^\s(){}\[\]:,⦃⦄]+)")
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_'.!?]*")
+_PREFIX = re.compile(r"(?:\s|set_option\s+" + _ALLOWED_OPTION + r"\s+\d+\s+in" + _R + r")*\Z")
+_ATTRIBUTE_LIST = re.compile(r"@\[|" + _L + r"attribute\s*\[")
 _OPEN = {"(": ")", "[": "]", "{": "}", "⦃": "⦄", "⟨": "⟩"}
 _CLOSE = set(_OPEN.values())
 
@@ -144,13 +193,28 @@ class PositionMap:
 
 @dataclass
 class Composed:
-    """What the policy produced: the command for Lean (checked in the header's environment) and how to read it."""
+    """What the policy produced: the commands for Lean and how to read Lean's answers.
+
+    With a requested statement Lean gets two commands: `helpers_command` (the model's declarations before its
+    target; "" when there are none) on the header's environment, then `target_command` (the imposed statement and
+    the model's body) on the environment that returns. A helper therefore cannot reach into the statement's text
+    (an unterminated comment, string or `«` name ends with an error in its own command). `target_command` starts
+    with as many newlines as `helpers_command` has, so both are in the coordinates of `command` (the two joined,
+    what `CheckResult.compiled` shows after the header)."""
 
     command: str
     target: str | None  # the theorem whose axioms are checked (None: check every named theorem)
     theorems: list[str]
     positions: PositionMap
     violations: list[Violation]
+    helpers_command: str = ""
+    target_command: str = ""
+
+    @property
+    def commands(self) -> list[str]:
+        if self.target is None or not self.target_command:
+            return [self.command]
+        return [c for c in (self.helpers_command, self.target_command) if c]
 
 
 def offset_to_pos(text: str, offset: int) -> Pos:
@@ -218,20 +282,72 @@ def _covered_open(line: str, opened: set[str]) -> bool:
     return bool(names) and all(name in opened for name in names)
 
 
+def _identifiers(blanked: str) -> list[tuple[int, int, list[str]]]:
+    """Every identifier of the (blanked) code as Lean's `identFn` reads it: (start, end, components without «»)."""
+    out = []
+    i, n = 0, len(blanked)
+    while i < n:
+        c = blanked[i]
+        if not (c == "«" or is_id_first(c)):
+            i += 1
+            continue
+        start, parts = i, []
+        while i < n:
+            if blanked[i] == "«":
+                end = blanked.find("»", i + 1)
+                end = n if end == -1 else end
+                parts.append(blanked[i + 1 : end])
+                i = end + 1
+            elif is_id_first(blanked[i]):
+                j = i + 1
+                while j < n and is_id_rest(blanked[j]):
+                    j += 1
+                parts.append(blanked[i:j])
+                i = j
+            else:
+                break
+            if i + 1 < n and blanked[i] == "." and (blanked[i + 1] == "«" or is_id_first(blanked[i + 1])):
+                i += 1
+                continue
+            break
+        out.append((start, i, parts))
+    return out
+
+
+def _attribute_violations(blanked: str) -> list[Violation]:
+    """Attributes outside `SAFE_ATTRIBUTES` (elaborators, parsers, initializers, instances, …)."""
+    found = []
+    for match in _ATTRIBUTE_LIST.finditer(blanked):
+        depth, k = 1, match.end()
+        while k < len(blanked) and depth:
+            depth += {"[": 1, "]": -1}.get(blanked[k], 0)
+            k += 1
+        inner = blanked[match.end() : k - 1]
+        for item in re.split(r",", inner):
+            words = [w for w in re.split(r"[\s←]+", item.strip().lstrip("-")) if w]
+            words = words[1:] if words and words[0] in ("local", "scoped") else words
+            if not words or words[0] not in SAFE_ATTRIBUTES:
+                name = words[0] if words else "(empty)"
+                found.append(Violation(f"attribute `{name}` is not allowed in a proof", match.start(), k))
+    return found
+
+
 def apply_text_policy(code: str, header: str) -> tuple[str, str, list[Violation]]:
     """Return (`code` with dropped lines blanked to spaces, the same with comments and strings blanked,
     violations); all keep `code`'s offsets.
 
     Dropped: lines repeating the request header (its imports, its `open`s, its `set_option`s) and `#print` /
-    `#check` lines. Any other `import` and every forbidden token is a violation."""
-    blanked = blank_comments_and_strings(code)
+    `#check` lines. Any other `import` and every forbidden token is a violation, and so is any place where the
+    lexer cannot be sure it reads the code as Lean does (`leantext.lex`)."""
+    lexed = lex(code)
+    blanked = lexed.blanked
     kept = list(code)
     scan = list(blanked)
     imports, _ = header_parts(header)
     header_blanked = blank_comments_and_strings(header, strings=False)
     header_lines = {line.strip() for line in header_blanked.split("\n") if line.strip()}
     opened = {name for line in header_lines if line.startswith("open ") for name in line.split()[1:]}
-    violations: list[Violation] = []
+    violations = [Violation(problem.why, problem.start, problem.end) for problem in lexed.problems]
 
     def drop(start: int, end: int) -> None:
         _blank_range(kept, start, end)
@@ -261,11 +377,27 @@ def apply_text_policy(code: str, header: str) -> tuple[str, str, list[Violation]
         for match in pattern.finditer(text):
             start = match.start() + (len(match.group(0)) - len(match.group(0).lstrip()))
             violations.append(Violation(why, start, match.end()))
+    for start, end, parts in _identifiers(text):
+        for part in parts:
+            if part in META_NAMES or _META_COMPONENT.search(part):
+                violations.append(Violation(f"`{part}` is meta-programming (elaborators, environment, IO)", start, end))
+                break
+    violations += _attribute_violations(text)
     return "".join(kept), text, violations
 
 
+def _split_prefix(before: str) -> int:
+    """Where the helpers end: the trailing whitespace, comments and `set_option <heartbeats/depth> N in` lines
+    before the target go with the target's command (the `in` scopes it), starting at a line start."""
+    match = _PREFIX.search(before)
+    if match is None or match.start() == 0 or not before[: match.start()].strip():
+        return 0
+    newline = before.find("\n", match.start())
+    return len(before) if newline == -1 else newline + 1
+
+
 def compose(code: str, *, header: str, formal_statement: str | None) -> Composed:
-    """Apply the text policy and build the command Lean checks in the header's environment."""
+    """Apply the text policy and build the commands Lean checks in the header's environment."""
     kept, blanked, violations = apply_text_policy(code, header)
     theorems = [m.group(1) for m in _NAMED_THEOREM.finditer(blanked)]
     whole = PositionMap([Segment(1, kept.count("\n") + 1, 1)])
@@ -281,9 +413,14 @@ def compose(code: str, *, header: str, formal_statement: str | None) -> Composed
     if not decls:
         violations.append(Violation(f"the code has no `theorem {name}` (the requested theorem, with its name)", 0, 0))
         return Composed(_clean(kept), name, theorems, whole, _sorted(violations))
-    for decl in decls[1:]:
-        violations.append(Violation(f"`{name}` is declared more than once", decl.start(), decl.end()))
     decl = decls[0]
+    # Any other mention of the target's name (a second declaration of it under any keyword, layout, namespace,
+    # `_root_.`, `«…»`, a doc comment swallowing it, a self-reference) is rejected.
+    mention = re.compile(_L + re.escape(_name_parts(name)[-1]) + _R)
+    name_at = decl.end() - len(name)
+    for start, end, parts in _identifiers(blanked):
+        if start != name_at and any(mention.search(part) for part in parts):
+            violations.append(Violation(f"`{name}` is declared or named more than once", start, end))
     before = blanked[: decl.start()]
     for pattern, why in _BEFORE_TARGET:
         for match in pattern.finditer(before):
@@ -303,8 +440,13 @@ def compose(code: str, *, header: str, formal_statement: str | None) -> Composed
             Violation(f"cannot find the `:=` that starts the proof of `{name}`", decl.start(), decl.end())
         )
         return Composed(_clean(kept), name, theorems, whole, _sorted(violations))
+    for pattern, why in _BODY_COMMANDS:
+        for match in pattern.finditer(blanked, assign):
+            violations.append(Violation(why, match.start(), match.end()))
 
-    helpers = _clean(kept[: decl.start()])
+    split = _split_prefix(before)
+    helpers_command = _clean(kept[:split])
+    helpers = helpers_command + _clean(kept[split : decl.start()])
     body = _clean(kept[assign:])
     head = statement.head
     h_lines = helpers.count("\n")  # helpers end at a line start: the head starts on line h_lines + 1
@@ -325,7 +467,21 @@ def compose(code: str, *, header: str, formal_statement: str | None) -> Composed
             first_col_min=head_last_len,
         )
     )
-    return Composed(helpers + head + body, name, theorems, PositionMap(segments), _sorted(violations))
+    target_command = "\n" * helpers_command.count("\n") + helpers[len(helpers_command) :] + head + body
+    return Composed(
+        helpers + head + body,
+        name,
+        theorems,
+        PositionMap(segments),
+        _sorted(violations),
+        helpers_command=helpers_command if blanked[:split].strip() else "",
+        target_command=target_command if blanked[:split].strip() else helpers + head + body,
+    )
+
+
+def _name_parts(name: str) -> list[str]:
+    parts = re.findall(r"«([^»]*)»|([^.«»]+)", name)
+    return [a or b for a, b in parts] or [name]
 
 
 def _sorted(violations: list[Violation]) -> list[Violation]:

@@ -10,7 +10,11 @@ stdin/stdout the way the real binary does (REPL/Main.lean):
 * malformed JSON is an uncaught exception: a message on stderr and exit status 1 (the real repl dies too);
 * replies are Lean's ``Json.pretty`` at width 80 (keys in reverse order, multi-line when long) followed by a
   blank line; empty ``messages``/``sorries`` are omitted; ``{"message": ...}`` for unknown environments;
-* every command gets the next environment number; ``#print axioms N`` answers with Lean's info message.
+* every command gets the next environment number; ``#print axioms N`` answers with Lean's info message, and
+  ``#check @N`` (optionally under ``set_option … in``) with one info message at the ``#check`` token, ``N : TYPE``
+  (the layout of the real repl's ``#check`` replies in the transcripts); declaring a name twice is an error
+  (``'N' has already been declared``), as in Lean, and a declaration proved by ``sorry`` alone gets Lean's
+  ``sorry`` warning whatever the table says.
 
 It never runs Lean. It judges each command from the table, whose rules are tried in order (first match wins)::
 
@@ -26,7 +30,10 @@ as when Lean throws), ``probe`` (tries the network and a
 write outside its temp dir, reports both as an info message). Any rule may set ``check_s`` (time to spend),
 ``rss_mb`` (resident memory to keep after the check), ``axioms``, ``message``, ``goal``, ``severity``,
 ``messages`` (extra ``[{"severity", "data"}]``). Table option ``print_axioms``: ``normal`` (default), ``silent``
-(no message), ``unknown`` (unknown constant), ``garbage`` (unreadable answer).
+(no message), ``unknown`` (unknown constant), ``garbage`` (unreadable answer); ``check`` likewise for ``#check``:
+``normal``, ``silent``, ``unknown``, ``garbage``, ``twice`` (two answers). The stand-in cannot elaborate, so the
+type ``#check`` prints is the declaration's own text (``∀ binders, type``, layout collapsed), or a rule's ``type``
+(what Lean would print if the rule's trick had changed the theorem).
 
 So nobody mistakes it for Lean: it says so on stderr at start, and ``#eval Lean.versionString`` answers the table's
 ``lean_version`` (default ``4.15.0-fake_repl``). Only the standard library is used, so it runs from any cwd.
@@ -205,15 +212,86 @@ def _shared_python() -> str:
 # ---------------------------------------------------------------------------------------------------------
 # The REPL
 # ---------------------------------------------------------------------------------------------------------
+# A declaration as Lean reads it: the keyword as a token anywhere (any whitespace before the name), the name
+# possibly `«…»`-quoted (so `«a\nb»` is one name) or `_root_.`-prefixed.
 _DECL_NAME = re.compile(
-    r"(?m)^[ \t]*(?:@\[[^\]]*\][ \t]*)?(?:(?:private|protected|noncomputable|nonrec)[ \t]+)*"
-    r"(theorem|lemma|def|abbrev|instance|axiom|opaque)[ \t]+([^\s(){}\[\]:,⦃⦄]+)"
+    r"(?<![\w'!?.])(theorem|lemma|def|abbrev|instance|axiom|opaque)\s+((?:«[^»]*»|[^\s(){}\[\]:,⦃⦄«])+)"
 )
 _PRINT_AXIOMS = re.compile(r"^\s*#print\s+axioms\s+(\S+)\s*$")
+# `#check`, optionally under `set_option … in` (the checker asks `set_option pp.all true in #check @_root_.NAME`)
+_CHECK = re.compile(r"^\s*(?:set_option\s+\S+\s+\S+\s+in\s+)?(#check)\s+(@?)(\S+)\s*$")
+_SORRY_BODY = re.compile(r":=\s*(?:by\s+)?sorry\s*$")
+_OPEN = {"(": ")", "[": "]", "{": "}", "⦃": "⦄", "⟨": "⟩"}
 _VERSION_EVAL = re.compile(r"^\s*#eval\s+Lean\.versionString\s*$")
 _IMPORT = re.compile(r"(?m)^\s*import\s+\S+.*$")
 
-_KEEP: list[bytearray] = []  # memory a `rss_mb` rule keeps resident, as a leaking elaborator would
+_KEEP: list[bytearray] = []
+
+
+def _code_only(text: str) -> str:
+    """`text` with comments and string contents blanked (offsets kept), lexed as Lean does: a block comment's
+    body starts three characters after its `/` (so `/-/- -/` is one comment), comments nest."""
+    out, i, n = list(text), 0, len(text)
+    while i < n:
+        if text.startswith("--", i):
+            end = text.find("\n", i)
+            end = n if end == -1 else end
+        elif text.startswith("/-", i):
+            depth, end = 1, i + 3
+            while end < n and depth:
+                if text.startswith("-/", end):
+                    depth, end = depth - 1, end + 2
+                elif text.startswith("/-", end):
+                    depth, end = depth + 1, end + 2
+                else:
+                    end += 1
+        elif text[i] == '"':
+            end = i + 1
+            while end < n and text[end] != '"':
+                end += 2 if text[end] == "\\" else 1
+            end = min(end + 1, n)
+        elif text[i] == "«":
+            end = text.find("»", i)
+            i = n if end == -1 else end + 1
+            continue
+        else:
+            i += 1
+            continue
+        for k in range(i, min(end, n)):
+            if out[k] != "\n":
+                out[k] = " "
+        i = max(end, i + 1)
+    return "".join(out)
+
+
+def _name(text: str) -> str:
+    """A written name as Lean resolves it: `_root_.` dropped, `«…»` quotes removed per component."""
+    text = text.removeprefix("_root_.")
+    return re.sub(r"«([^»]*)»", r"\1", text)
+
+
+def _signature(cmd: str, name_end: int) -> str:
+    """What `#check` prints for a declaration whose name ends at `name_end`: `name : ∀ binders, type` (the
+    stand-in cannot elaborate, so the type is the declared text with its layout collapsed)."""
+    depth, colon, k = 0, None, name_end
+    while k < len(cmd):
+        c = cmd[k]
+        if c in _OPEN:
+            depth += 1
+        elif c in _OPEN.values():
+            depth -= 1
+        elif depth == 0 and cmd.startswith(":=", k):
+            break
+        elif depth == 0 and c == ":" and colon is None:
+            colon = k
+        k += 1
+    if colon is None:
+        return " ".join(cmd[name_end:k].split())
+    binders = " ".join(cmd[name_end:colon].split())
+    typ = " ".join(cmd[colon + 1 : k].split())
+    return (
+        f"∀ {binders}, {typ}" if binders else typ
+    )  # memory a `rss_mb` rule keeps resident, as a leaking elaborator would
 
 
 def _pos(text: str, offset: int) -> dict[str, int]:
@@ -232,6 +310,7 @@ class FakeRepl:
     def __init__(self, table: dict[str, Any]) -> None:
         self.table = table
         self.envs: list[dict[str, list[str]]] = []  # env id -> declared name -> axioms
+        self.types: list[dict[str, str]] = []  # env id -> declared name -> what `#check` prints
         self.proof_states = 0
 
     # -- judging ------------------------------------------------------------------------------------------
@@ -250,10 +329,13 @@ class FakeRepl:
         default = self.table.get("default", "error")
         return ({"outcome": default} if isinstance(default, str) else dict(default)), None
 
-    def _new_env(self, base: int | None, decls: dict[str, list[str]]) -> int:
+    def _new_env(self, base: int | None, decls: dict[str, list[str]], types: dict[str, str] | None = None) -> int:
         names = dict(self.envs[base]) if base is not None else {}
         names.update(decls)
         self.envs.append(names)
+        known = dict(self.types[base]) if base is not None else {}
+        known.update(types or {})
+        self.types.append(known)
         return len(self.envs) - 1
 
     def run_command(self, cmd: str, env: int | None) -> dict[str, Any]:
@@ -268,7 +350,11 @@ class FakeRepl:
         match = _PRINT_AXIOMS.match(body)
         if match:
             return self._print_axioms(cmd, match.group(1), env)
-        if not _DECL_NAME.search(body) and not re.search(r"\b(example|theorem|lemma)\b", body):
+        match = _CHECK.match(body)
+        if match:
+            return self._check(cmd, match, env)
+        code = _code_only(body)
+        if not _DECL_NAME.search(code) and not re.search(r"\b(example|theorem|lemma)\b", code):
             # header-like text (imports, options, `open`): nothing to judge
             return {"env": self._new_env(env, {})}
         return self._judge(cmd, env)
@@ -284,6 +370,7 @@ class FakeRepl:
         return {"messages": [msg], "env": self._new_env(env, {})}
 
     def _print_axioms(self, cmd: str, name: str, env: int | None) -> dict[str, Any]:
+        name = _name(name)
         known = self.envs[env] if env is not None else {}
         mode = self.table.get("print_axioms", "normal")
         if mode == "silent":  # an answer without the message (what a broken or future repl might send)
@@ -312,11 +399,41 @@ class FakeRepl:
         msg = {"severity": "info", "pos": _pos(cmd, start), "endPos": _pos(cmd, end), "data": data}
         return {"messages": [msg], "env": self._new_env(env, {})}
 
+    def _check(self, cmd: str, match: re.Match[str], env: int | None) -> dict[str, Any]:
+        """`#check @NAME` as Lean answers it: one info message at the `#check` token, `NAME : TYPE`."""
+        mode = self.table.get("check", "normal")
+        if mode == "silent":
+            return {"env": self._new_env(env, {})}
+        if mode == "garbage":
+            sys.stdout.write("fake_repl stand-in: deliberately unreadable #check answer\n\n")
+            sys.stdout.flush()
+            return {}
+        written = match.group(3)
+        name = _name(written)
+        known = self.types[env] if env is not None else {}
+        if name not in known or mode == "unknown":
+            at = match.start(3)
+            msg = {
+                "severity": "error",
+                "pos": _pos(cmd, at),
+                "endPos": _pos(cmd, at + len(written)),
+                "data": f"unknown identifier '{written}'",
+            }
+            return {"messages": [msg], "env": self._new_env(env, {})}
+        at = match.start(1)
+        data = f"{name} : {known[name]}"
+        msg = {"severity": "info", "pos": _pos(cmd, at), "endPos": _pos(cmd, at + 6), "data": data}
+        messages = [msg, dict(msg)] if mode == "twice" else [msg]
+        return {"messages": messages, "env": self._new_env(env, {})}
+
     def _judge(self, cmd: str, env: int | None) -> dict[str, Any]:
         rule, span = self._rule_for(cmd)
+        code = _code_only(cmd)
+        if _SORRY_BODY.search(code.rstrip()) and len(_DECL_NAME.findall(code)) == 1:
+            rule, span = {"outcome": "sorry"}, None  # Lean accepts a `sorry` proof, with its warning
         outcome = rule.get("outcome", "error")
         time.sleep(float(rule.get("check_s", self.table.get("check_s", 0.0))))
-        decls = list(_DECL_NAME.finditer(cmd))
+        decls = list(_DECL_NAME.finditer(code))
         if outcome == "hang":
             while True:
                 time.sleep(3600)
@@ -404,12 +521,27 @@ class FakeRepl:
                     "data": extra["data"],
                 }
             )
+        known = dict(self.envs[env]) if env is not None else {}
+        types: dict[str, str] = {}
+        for decl in decls:  # as Lean: a name declared twice is an error
+            name = _name(decl.group(2))
+            if name in known or name in types:
+                messages.append(
+                    {
+                        "severity": "error",
+                        "pos": _pos(cmd, decl.start(2)),
+                        "endPos": _pos(cmd, decl.end(2)),
+                        "data": f"'{name}' has already been declared",
+                    }
+                )
+                continue
+            types[name] = str(rule.get("type", _signature(code, decl.end(2))))
         reply: dict[str, Any] = {}
         if sorries:
             reply["sorries"] = sorries
         if messages:
             reply["messages"] = messages
-        reply["env"] = self._new_env(env, {m.group(2): axioms for m in decls})
+        reply["env"] = self._new_env(env, {name: axioms for name in types}, types)
         return reply
 
     @staticmethod
