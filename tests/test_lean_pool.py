@@ -206,3 +206,28 @@ def test_header_that_does_not_import_is_a_permanent_lean_error(tmp_path) -> None
         assert not caught.value.transient and "header" in str(caught.value)
     finally:
         checker.close()
+
+
+def test_a_check_cut_off_by_the_job_timeout_never_hands_its_reply_to_the_next(tmp_path) -> None:
+    """RQ's TimerDeathPenalty raises inside the worker thread mid-request; that REPL must not be reused."""
+    from rq.timeouts import JobTimeoutException, TimerDeathPenalty
+
+    with stand_in_checker(
+        tmp_path, [{"match": "SLOW_FAIL", "outcome": "error", "check_s": 1.5}, PASS_POSITIVITY], pool_size=1, spares=0
+    ) as checker:
+        checker.start()
+        outcome: list[BaseException] = []
+
+        def cut_off() -> None:
+            try:
+                with TimerDeathPenalty(0.5, JobTimeoutException):
+                    checker.check(proof("SLOW_FAIL"), formal_statement=STATEMENT)
+            except JobTimeoutException as exc:
+                outcome.append(exc)
+
+        thread = threading.Thread(target=cut_off)
+        thread.start()
+        thread.join(timeout=30)
+        assert outcome, "the check should have been cut off"
+        for _ in range(3):  # with the stale reply handed on, these would read SLOW_FAIL's error
+            assert checker.check(GOOD_PROOF, formal_statement=STATEMENT).verdict is Verdict.PASS

@@ -26,7 +26,7 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
 
-from services.errors import LeanError
+from services.errors import LeanError, RequestError
 from services.lean.policy import header_parts
 from services.lean.process import (
     ReplFailure,
@@ -223,7 +223,15 @@ class ReplPool:
         try:
             repl = self._take(time.monotonic() + wait_s)
             lease = Lease(repl)
-            yield lease
+            try:
+                yield lease
+            except RequestError:
+                raise  # the caller's input was refused before or between requests: the REPL is in step
+            except BaseException as exc:
+                # Cut off mid-request (RQ's job timeout, a bug): a reply may still be on its way, and a reused
+                # REPL would hand it to the next check. Never reuse it.
+                lease.broken = lease.broken or f"the check was interrupted ({type(exc).__name__})"
+                raise
         finally:
             if lease is not None:
                 self._give_back(lease)
