@@ -209,11 +209,15 @@ class WorkerPool:
             generation += 1
 
     def _run_scheduler(self) -> None:
-        """One pool per queue set holds RQ's scheduler lock; the others stand by to take over."""
+        """One pool per queue set holds RQ's scheduler lock; the others stand by to take over.
+
+        The same scheduler (and so the same lock owner name) is reused after a failure: its lock outlives a
+        Redis restart (AOF), and only its owner may take it back before it expires a minute later.
+        """
+        scheduler = _ThreadScheduler(self.queues, connection=self.ctx.redis, serializer=JSONSerializer)
+        self._scheduler = scheduler
         while not self._stop.is_set():
             try:
-                scheduler = _ThreadScheduler(self.queues, connection=self.ctx.redis, serializer=JSONSerializer)
-                self._scheduler = scheduler
                 if scheduler.acquire_locks():
                     scheduler.work()  # returns once request_stop() was called
                     if self._stop.is_set():
