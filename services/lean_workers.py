@@ -32,7 +32,7 @@ def withdraw(client: redis.Redis, name: str) -> None:
 
 def live(client: redis.Redis) -> list[dict[str, Any]]:
     client.zremrangebyscore(keys.LEAN_WORKERS, "-inf", time.time())
-    names = [n.decode() if isinstance(n, bytes) else n for n in client.zrange(keys.LEAN_WORKERS, 0, -1)]
+    names = [n.decode() if isinstance(n, bytes) else str(n) for n in client.zrange(keys.LEAN_WORKERS, 0, -1)]
     if not names:
         return []
     records = client.mget([keys.lean_worker_key(name) for name in names])

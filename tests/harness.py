@@ -20,7 +20,7 @@ from typing import Any
 
 import httpx
 import redis
-from rq import Worker
+from rq import Queue, Worker
 
 from tests.standins.fake_repl import lean_cmd, write_table
 from tests.standins.openai_server import StandinServer
@@ -171,6 +171,14 @@ class ServiceHarness:
                     logs = "\n".join(f"--- {n}\n{self.log(n)[-3000:]}" for n in self.processes)
                     raise AssertionError(f"job {job_id} still {job['status']}:\n{json.dumps(job)[:3000]}\n{logs}")
                 time.sleep(0.1)
+
+    def wait_running(self, queue_name: str, timeout_s: float = 20) -> None:
+        """Until a step of `queue_name` is executing (to interrupt it at a known point)."""
+        registry = Queue(queue_name, connection=self.redis).started_job_registry
+        deadline = time.monotonic() + timeout_s
+        while registry.get_job_count(cleanup=False) == 0:
+            assert time.monotonic() < deadline, f"no {queue_name} step started within {timeout_s} s"
+            time.sleep(0.05)
 
     def chat_requests(self) -> list[dict[str, Any]]:
         return [r["body"] for r in self.generator.requests() if "messages" in r["body"]]

@@ -262,11 +262,7 @@ def test_verify_worker_killed_mid_check_is_retried(harness: ServiceHarness) -> N
     harness.start_worker("generate")
     harness.start_worker("verify", name="verify-a", concurrency=1)
     job = harness.submit(_body(rounds=1))
-    verify_queue = Queue("verify", connection=harness.redis)
-    deadline = time.monotonic() + 20
-    while verify_queue.started_job_registry.count == 0:
-        assert time.monotonic() < deadline, "the check never started"
-        time.sleep(0.05)
+    harness.wait_running("verify")
 
     harness.kill("verify-a")  # SIGKILL mid-check: no goodbye, no failure recorded by the worker itself
     harness.start_worker("verify", name="verify-b", concurrency=1)
@@ -352,11 +348,7 @@ def test_a_check_cut_off_with_no_retries_left_ends_the_job_with_error(harness: S
     harness.start_worker("generate")
     harness.start_worker("verify", name="verify-a", concurrency=1)
     job = harness.submit(_body(rounds=1))
-    verify_queue = Queue("verify", connection=harness.redis)
-    deadline = time.monotonic() + 20
-    while verify_queue.started_job_registry.get_job_count(cleanup=False) == 0:
-        assert time.monotonic() < deadline, "the check never started"
-        time.sleep(0.05)
+    harness.wait_running("verify")
     harness.kill("verify-a")
     harness.start_worker("verify", name="verify-b", concurrency=1)  # its maintenance notices the dead step
 

@@ -143,8 +143,9 @@ class LeanChecker:
             )
 
         if composed.violations:
-            messages = [v.message(code) for v in composed.violations]
-            return done(Verdict.REJECTED, messages, detail=composed.violations[0].rule)
+            return done(
+                Verdict.REJECTED, [v.message(code) for v in composed.violations], detail=composed.violations[0].rule
+            )
 
         limit = self.settings.timeout_s if timeout_s is None else timeout_s
         with self.pool.lease() as lease:

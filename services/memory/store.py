@@ -248,30 +248,17 @@ class ProofMemory:
 
     def _build_index(self) -> LexicalIndex:
         index = LexicalIndex()
-        offset = None
-        while True:
-            with self._lock:
-                points, offset = self._call(
-                    self._client.scroll,
-                    self.collection,
-                    limit=INDEX_PAGE,
-                    offset=offset,
-                    with_payload=["statement_hash", "body_hash"],
-                    with_vectors=[SPARSE_VECTOR],
+        for point in self._scroll(INDEX_PAGE, ["statement_hash", "body_hash"], [SPARSE_VECTOR]):
+            vector = (point.vector or {}).get(SPARSE_VECTOR)  # type: ignore[union-attr]
+            payload = point.payload or {}
+            if vector is not None:
+                index.add(
+                    str(point.id),
+                    payload.get("statement_hash", ""),
+                    payload.get("body_hash", ""),
+                    vector.indices,
+                    vector.values,
                 )
-            for point in points:
-                vector = (point.vector or {}).get(SPARSE_VECTOR)  # type: ignore[union-attr]
-                payload = point.payload or {}
-                if vector is not None:
-                    index.add(
-                        str(point.id),
-                        payload.get("statement_hash", ""),
-                        payload.get("body_hash", ""),
-                        vector.indices,
-                        vector.values,
-                    )
-            if offset is None:
-                break
         logger.info("memory: in-process lexical index over %d points", len(index))
         return index
 
@@ -514,6 +501,11 @@ class ProofMemory:
 
     def iter_proofs(self, *, page: int = SCROLL_PAGE) -> Iterator[VerifiedProof]:
         """Every stored proof, in id order, a page at a time (bounded memory)."""
+        for point in self._scroll(page, True, False):
+            yield VerifiedProof.from_payload(point.payload or {})
+
+    def _scroll(self, page: int, with_payload: Any, with_vectors: Any) -> Iterator[Any]:
+        """Every point of the collection, in id order, fetched `page` at a time (the lock held per page only)."""
         offset = None
         while True:
             with self._lock:
@@ -522,11 +514,10 @@ class ProofMemory:
                     self.collection,
                     limit=page,
                     offset=offset,
-                    with_payload=True,
-                    with_vectors=False,
+                    with_payload=with_payload,
+                    with_vectors=with_vectors,
                 )
-            for point in points:
-                yield VerifiedProof.from_payload(point.payload or {})
+            yield from points
             if offset is None:
                 return
 
