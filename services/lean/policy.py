@@ -254,8 +254,17 @@ def _find_assign(blanked: str, start: int) -> int | None:
     have no single `:=` to split at)."""
     depth = 0
     line_start = True
-    for k in range(start, len(blanked)):
+    k = start - 1
+    while k + 1 < len(blanked):
+        k += 1
         c = blanked[k]
+        if c == "«":  # a name: whatever it holds (`:=`, `/-`) is not syntax
+            close = blanked.find("»", k + 1)
+            if close == -1:
+                return None
+            k = close
+            line_start = False
+            continue
         if c == "\n":
             line_start = True
             continue
@@ -350,6 +359,11 @@ def apply_text_policy(code: str, header: str) -> tuple[str, str, list[Violation]
     violations = [Violation(problem.why, problem.start, problem.end) for problem in lexed.problems]
 
     def drop(start: int, end: int) -> None:
+        # Only a line that is plain code from end to end: one holding (or starting inside) a comment or string
+        # would take a delimiter with it and change how Lean reads the rest. Such a line stays, and the rules
+        # below judge it (`#check … /-` is then a forbidden `#` command).
+        if code[start:end] != blanked[start:end]:
+            return
         _blank_range(kept, start, end)
         _blank_range(scan, start, end)
 
@@ -386,6 +400,21 @@ def apply_text_policy(code: str, header: str) -> tuple[str, str, list[Violation]
     return "".join(kept), text, violations
 
 
+def _recheck_sent(commands: list[str], header: str, known: list[Violation]) -> list[Violation]:
+    """The policy again, on the exact text Lean will get: dropping lines and splitting at `:=` must not have
+    changed what is code (fail closed if it reads differently, whatever the reason). Only what the first
+    reading did not already report is added."""
+    reported = {violation.rule for violation in known}
+    for command in commands:
+        if not command.strip():
+            continue
+        _, _, again = apply_text_policy(command, header)
+        new = [violation for violation in again if violation.rule not in reported]
+        if new:
+            return [Violation(f"the code reads differently once composed for Lean: {new[0].rule}", 0, 0)]
+    return []
+
+
 def _split_prefix(before: str) -> int:
     """Where the helpers end: the trailing whitespace, comments and `set_option <heartbeats/depth> N in` lines
     before the target go with the target's command (the `in` scopes it), starting at a line start."""
@@ -405,7 +434,8 @@ def compose(code: str, *, header: str, formal_statement: str | None) -> Composed
     if formal_statement is None:
         if not theorems:
             violations.append(Violation("the code declares no named theorem or lemma to check", 0, 0))
-        return Composed(_clean(kept), None, theorems, whole, _sorted(violations))
+        violations = _sorted(violations) + _recheck_sent([_clean(kept)], header, violations)
+        return Composed(_clean(kept), None, theorems, whole, violations)
 
     statement = parse_statement(formal_statement)
     name = statement.name
@@ -468,12 +498,13 @@ def compose(code: str, *, header: str, formal_statement: str | None) -> Composed
         )
     )
     target_command = "\n" * helpers_command.count("\n") + helpers[len(helpers_command) :] + head + body
+    violations = _sorted(violations) + _recheck_sent([helpers_command, target_command], header, violations)
     return Composed(
         helpers + head + body,
         name,
         theorems,
         PositionMap(segments),
-        _sorted(violations),
+        violations,
         helpers_command=helpers_command if blanked[:split].strip() else "",
         target_command=target_command if blanked[:split].strip() else helpers + head + body,
     )
