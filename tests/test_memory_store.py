@@ -323,3 +323,21 @@ def test_server_collection_settings_for_millions_of_points() -> None:
     assert collection_config(settings, dense_size=None, server=True)["vectors_config"] == {}
     embedded = collection_config(QdrantSettings(), dense_size=None, server=False)
     assert set(embedded) == {"vectors_config", "sparse_vectors_config"}
+
+
+def test_renamed_copies_of_one_theorem_take_one_slot(memory: ProofMemory, sample: list[dict]) -> None:
+    record = by_name(sample, "mathd_algebra_43")
+    copies = [
+        as_proof(
+            record,
+            formal_statement=record["formal_statement"].replace("mathd_algebra_43", f"copy_{i}"),
+            proof=record["proof"].replace("mathd_algebra_43", f"copy_{i}"),
+        )
+        for i in range(3)
+    ]
+    other = by_name(sample, "mathd_numbertheory_48")
+    memory.add([*copies, as_proof(other)])
+    target = record["formal_statement"].replace("mathd_algebra_43", "yet_another").replace("f 3 = 0", "f 3 = 1")
+    hits = memory.search(target, top_k=2)
+    assert len(hits) == 2
+    assert sum("copy_" in hit.formal_statement for hit in hits) == 1

@@ -389,9 +389,13 @@ class ProofMemory:
         for point in points:
             payload = point.payload or {}
             # Belt and braces: the filter already did this, but "never the target" must not hang on it.
-            if payload.get("body_hash") in banned or payload.get("statement_hash") in seen:
+            if payload.get("body_hash") in banned:
                 continue
-            seen.add(payload.get("statement_hash", str(point.id)))
+            # One proof per theorem: the same statement, or the same one renamed (same body hash), counts once.
+            keys_ = {payload.get("statement_hash") or str(point.id), payload.get("body_hash") or str(point.id)}
+            if keys_ & seen:
+                continue
+            seen |= keys_
             results.append(
                 RetrievedProof(
                     id=str(point.id),
