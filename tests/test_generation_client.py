@@ -263,6 +263,51 @@ def test_stream_cut_off_before_finishing_is_retried():
     assert completion.content == "whole" and completion.attempts == 2
 
 
+_FULL = 'data: {"choices": [{"index": 0, "delta": {"content": "whole"}, "finish_reason": "stop"}]}\n\ndata: [DONE]\n\n'
+
+
+def test_stream_error_frame_naming_the_request_is_not_retried():
+    frame = {"error": {"message": "context length exceeded", "type": "BadRequestError", "code": "context_length"}}
+    script = Script(httpx.Response(200, text=f"data: {json.dumps(frame)}\n\n"))
+    with client_with(script, stream=True) as client, pytest.raises(GeneratorError) as info:
+        client.complete(MESSAGES, SAMPLING, request_id="r")
+    assert info.value.transient is False
+    assert len(script.bodies()) == 1
+
+
+def test_stream_frame_with_a_null_error_is_an_ordinary_frame():
+    text = 'data: {"error": null, "choices": [{"index": 0, "delta": {"content": "ok"}, "finish_reason": "stop"}]}\n\n'
+    script = Script(httpx.Response(200, text=text + "data: [DONE]\n\n"))
+    with client_with(script, stream=True) as client:
+        completion = client.complete(MESSAGES, SAMPLING, request_id="r")
+    assert completion.content == "ok" and completion.attempts == 1
+
+
+def test_an_empty_stream_is_retried_not_taken_as_a_completion():
+    script = Script(httpx.Response(200, text="data: [DONE]\n\n"), httpx.Response(200, text=_FULL))
+    with client_with(script, stream=True) as client:
+        completion = client.complete(MESSAGES, SAMPLING, request_id="r")
+    assert completion.content == "whole" and completion.attempts == 2
+
+
+@pytest.mark.parametrize(
+    "make_response",
+    [
+        pytest.param(
+            lambda: httpx.Response(200, stream=httpx.ByteStream(b"not gzip"), headers={"content-encoding": "gzip"}),
+            id="bad-gzip",
+        ),
+        pytest.param(lambda: httpx.Response(200, json={"choices": ["text"]}), id="choice-not-object"),
+    ],
+)
+def test_broken_answers_are_transient_generator_errors(make_response):
+    script = Script(make_response(), make_response())
+    with client_with(script, max_retries=1) as client, pytest.raises(GeneratorError) as info:
+        client.complete(MESSAGES, SAMPLING, request_id="r")
+    assert info.value.transient is True
+    assert len(script.bodies()) == 2
+
+
 # -- against the real stand-in process -----------------------------------------------------------------
 
 

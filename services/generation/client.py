@@ -161,12 +161,20 @@ def _reasoning_of(message: Mapping[str, Any]) -> str | None:
     return None
 
 
+# Error frames that name the request, not the server, as the cause: retrying sends the same bad request.
+_PERMANENT_ERROR_MARKERS = ("context_length", "invalid_request", "badrequest", "too long", "maximum context")
+
+
 def _error_frame_failure(error: Any) -> _Failure:
     message = error.get("message") if isinstance(error, Mapping) else str(error)
     code = error.get("code") if isinstance(error, Mapping) else None
+    kind = error.get("type") if isinstance(error, Mapping) else None
     status = code if isinstance(code, int) else None
     if isinstance(code, str) and code.isdigit():
         status = int(code)
+    described = " ".join(str(part) for part in (code, kind, message) if part).lower().replace(" ", "_")
+    if status is None and any(marker.replace(" ", "_") in described for marker in _PERMANENT_ERROR_MARKERS):
+        status = 400
     transient = status is None or status >= 500 or status in _TRANSIENT_4XX
     return _Failure(f"error in the stream: {message}", transient=transient, status=status)
 
@@ -363,7 +371,7 @@ class AsyncGenerationClient:
                 return await self._parse_stream(response, model, request_id, sent)
         except httpx.TimeoutException as exc:
             raise _Failure(f"timed out: {exc!r}", transient=True) from exc
-        except httpx.TransportError as exc:  # connect errors, resets, a stream cut off by the peer
+        except httpx.RequestError as exc:  # connect errors, resets, a cut-off stream, an undecodable body
             raise _Failure(f"transport error: {exc!r}", transient=True) from exc
 
     def _parse_full(self, response: httpx.Response, model: str, request_id: str) -> Completion:
@@ -371,6 +379,8 @@ class AsyncGenerationClient:
             data = response.json()
             choice = data["choices"][0]
             message = choice["message"]
+            if not isinstance(choice, Mapping) or not isinstance(message, Mapping):
+                raise TypeError("choice or message is not an object")
         except (ValueError, KeyError, IndexError, TypeError) as exc:
             raise _Failure(f"malformed completion: {response.text[:200]!r}", transient=True) from exc
         content = message.get("content")
@@ -407,13 +417,15 @@ class AsyncGenerationClient:
                 raise _Failure(f"unparseable stream frame {payload[:200]!r}", transient=True) from exc
             if not isinstance(chunk, dict):
                 continue
-            if "error" in chunk:
+            if chunk.get("error"):
                 raise _error_frame_failure(chunk["error"])
             served_model = str(chunk.get("model") or served_model)
             server_id = server_id or chunk.get("id")
             if chunk.get("usage"):
                 usage = _usage(chunk["usage"])
             for choice in chunk.get("choices") or []:
+                if not isinstance(choice, Mapping) or not isinstance(choice.get("delta") or {}, Mapping):
+                    raise _Failure(f"malformed stream frame {payload[:200]!r}", transient=True)
                 delta = choice.get("delta") or {}
                 piece = delta.get("content")
                 thought = _reasoning_of(delta)
@@ -427,6 +439,8 @@ class AsyncGenerationClient:
                     finish_reason = choice["finish_reason"]
         if not done and finish_reason is None:
             raise _Failure("the stream ended before the completion finished", transient=True)
+        if not content and not reasoning and finish_reason is None:
+            raise _Failure("the stream carried no completion at all", transient=True)
         return Completion(
             content="".join(content),
             reasoning="".join(reasoning) if reasoning else None,
