@@ -139,6 +139,12 @@ class ApiSettings(BaseModel):
 
 class PromptSettings(BaseModel):
     profile: str = Field("oprover", description="Default prompt profile.")
+    retrieved_max_chars: int = Field(
+        12_000,
+        ge=0,
+        description="Characters of retrieved proofs one prompt may show (~3.5 per token); proofs "
+        "past it are left out so prompt + max_tokens fit the model's context.",
+    )
     dir: Path | None = Field(None, description="Extra folder of profile files; same names override built-ins.")
 
 

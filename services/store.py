@@ -22,7 +22,7 @@ import redis
 import redis.asyncio
 
 from services import keys
-from services.domain import TERMINAL_STATUSES, JobStatus
+from services.domain import TERMINAL_STATUSES, JobStatus, RetrievedProof
 from services.errors import NotFound
 
 logger = logging.getLogger(__name__)
@@ -248,6 +248,18 @@ class JobStore:
             keys=[keys.job_key(job_id), keys.attempts_key(job_id), keys.events_key(job_id)], args=args
         )
         return bool(written)
+
+    def retrieved(self, job_id: str) -> list[RetrievedProof] | None:
+        raw = self.redis.hget(keys.job_key(job_id), "retrieved")
+        return None if raw is None else [RetrievedProof(**item) for item in json.loads(raw)]
+
+    def keep_retrieved(self, job_id: str, proofs: list[RetrievedProof]) -> list[RetrievedProof]:
+        """Fix the job's retrieved proofs once: every chain and round shows the same ones (a stable prompt
+        prefix for the server's cache, whatever the memory learns meanwhile). Returns the ones kept first."""
+        encoded = json.dumps([asdict(proof) for proof in proofs], ensure_ascii=False)
+        if self.redis.hsetnx(keys.job_key(job_id), "retrieved", encoded):
+            return proofs
+        return self.retrieved(job_id) or []
 
     def proved_by(self, job_id: str) -> tuple[int, int] | None:
         raw = self.redis.hget(keys.job_key(job_id), "proved_by")

@@ -338,6 +338,18 @@ def test_a_verified_proof_is_retrieved_by_a_later_job_but_never_for_its_own_stat
     assert GOOD_MARK in similar_prompt  # the earlier job's verified proof, retrieved
     assert GOOD_MARK not in own_prompt  # never the target's own proof
 
+    # Every chain and round of one job shows the same retrieved proofs: one stable prompt prefix.
+    harness.generator.reset()
+    harness.generator.script([], default={"content": _block(WRONG)})
+    harness.wait_job(harness.submit({"formal_statement": similar, "rounds": 2, "attempts": 2})["id"])
+    firsts = [
+        r["messages"][-1]["content"] if len(r["messages"]) == 1 else r["messages"][0]["content"]
+        for r in harness.chat_requests()
+    ]
+    assert len(firsts) == 4 and all(GOOD_MARK in text for text in firsts)
+    block = firsts[0][: firsts[0].index("mathd_algebra_159_variant")]
+    assert all(text.startswith(block) for text in firsts)
+
 
 def test_a_check_cut_off_with_no_retries_left_ends_the_job_with_error(harness: ServiceHarness) -> None:
     """RQ's maintenance finds the abandoned step and its failure callback ends the job, naming the cause."""

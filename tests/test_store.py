@@ -8,6 +8,7 @@ import pytest
 import redis
 
 from services import keys
+from services.domain import RetrievedProof
 from services.errors import NotFound
 from services.store import JobSpec, JobStore
 
@@ -145,3 +146,13 @@ def test_events_resume_after_an_id(store: JobStore) -> None:
     events = store.events(job_id)
     assert [e.type for e in events] == ["job.created", "job.running", "job.cancelled"]
     assert [e.type for e in store.events(job_id, after=events[0].id)] == ["job.running", "job.cancelled"]
+
+
+def test_a_jobs_retrieved_proofs_are_fixed_by_the_first_round(store: JobStore) -> None:
+    job_id = store.create(_spec())
+    assert store.retrieved(job_id) is None
+    first = [RetrievedProof(id="a", formal_statement="theorem a : True := by", proof="trivial", score=2.0)]
+    later = [RetrievedProof(id="b", formal_statement="theorem b : True := by", proof="trivial", score=1.0)]
+    assert store.keep_retrieved(job_id, first) == first
+    assert store.keep_retrieved(job_id, later) == first  # a chain that searched later still shows the same
+    assert store.retrieved(job_id) == first

@@ -65,6 +65,9 @@ class CancellationWatcher:
             except redis.exceptions.RedisError:
                 logger.warning("cancellation watcher: Redis unavailable, retrying", exc_info=True)
                 continue
+            except Exception:  # the watcher must outlive anything: without it no generation can be aborted
+                logger.exception("cancellation watcher: unexpected error, carrying on")
+                continue
             with self._lock:
                 for job_id, status in zip(job_ids, statuses, strict=True):
                     if status is None or status in _TERMINAL:

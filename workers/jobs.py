@@ -132,9 +132,15 @@ def _resume_generated(job_id: str, chain: int, round_: int, spec: JobSpec, attem
 
 
 def _retrieve(ctx: context.WorkerContext, job_id: str, spec: JobSpec) -> list[RetrievedProof]:
-    """Retrieval helps the model but is not required: a memory outage degrades the prompt, not the job."""
+    """The job's retrieved proofs: searched once, then the same for every chain and round.
+
+    Retrieval helps the model but is not required: a memory outage degrades the prompt, not the job.
+    """
     if spec.top_k == 0 or ctx.memory is None:
         return []
+    kept = ctx.store.retrieved(job_id)
+    if kept is not None:
+        return kept
     try:
         found = ctx.memory.search(spec.formal_statement, top_k=spec.top_k)
     except MemoryError_ as exc:
@@ -142,7 +148,23 @@ def _retrieve(ctx: context.WorkerContext, job_id: str, spec: JobSpec) -> list[Re
         ctx.store.event(job_id, "memory.unavailable", {"error": str(exc)})
         return []
     # The memory keeps whole files; the prompt shows the target's header once, not once per proof.
-    return [replace(proof, proof=strip_header_lines(proof.proof)) for proof in found]
+    shown = _within_budget(
+        [replace(proof, proof=strip_header_lines(proof.proof)) for proof in found],
+        ctx.settings.prompt.retrieved_max_chars,
+    )
+    return ctx.store.keep_retrieved(job_id, shown)
+
+
+def _within_budget(proofs: list[RetrievedProof], max_chars: int) -> list[RetrievedProof]:
+    """In rank order, the proofs that fit the budget (a long one is skipped, shorter ones after it still fit):
+    a prompt longer than the model's context is refused by the server and would end the job."""
+    shown, used = [], 0
+    for proof in proofs:
+        size = len(proof.formal_statement) + len(proof.proof)
+        if used + size <= max_chars:
+            shown.append(proof)
+            used += size
+    return shown
 
 
 def _previous_attempt(
