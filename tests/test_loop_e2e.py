@@ -255,14 +255,20 @@ def test_oprover_prove_against_oprover_up(harness: ServiceHarness, tmp_path) -> 
     assert (tmp_path / "data" / "redis").is_dir()
 
 
-def test_verify_worker_killed_mid_check_is_retried(harness: ServiceHarness) -> None:
-    _standard_lean(harness, check_s=4)
+def _submit_and_wait_for_a_running_check(harness: ServiceHarness, *, check_s: float) -> dict:
+    """A one-round job whose (slow, passing) check is running on the only verify worker, `verify-a`."""
+    _standard_lean(harness, check_s=check_s)
     harness.generator.script([], default={"content": _block(GOOD)})
     harness.start_gateway()
     harness.start_worker("generate")
     harness.start_worker("verify", name="verify-a", concurrency=1)
     job = harness.submit(_body(rounds=1))
     harness.wait_running("verify")
+    return job
+
+
+def test_verify_worker_killed_mid_check_is_retried(harness: ServiceHarness) -> None:
+    job = _submit_and_wait_for_a_running_check(harness, check_s=4)
 
     harness.kill("verify-a")  # SIGKILL mid-check: no goodbye, no failure recorded by the worker itself
     harness.start_worker("verify", name="verify-b", concurrency=1)
@@ -354,13 +360,7 @@ def test_a_verified_proof_is_retrieved_by_a_later_job_but_never_for_its_own_stat
 def test_a_check_cut_off_with_no_retries_left_ends_the_job_with_error(harness: ServiceHarness) -> None:
     """RQ's maintenance finds the abandoned step and its failure callback ends the job, naming the cause."""
     harness.env["OPROVER_WORKER_ROUND_RETRIES"] = "0"
-    _standard_lean(harness, check_s=30)
-    harness.generator.script([], default={"content": _block(GOOD)})
-    harness.start_gateway()
-    harness.start_worker("generate")
-    harness.start_worker("verify", name="verify-a", concurrency=1)
-    job = harness.submit(_body(rounds=1))
-    harness.wait_running("verify")
+    job = _submit_and_wait_for_a_running_check(harness, check_s=30)
     harness.kill("verify-a")
     harness.start_worker("verify", name="verify-b", concurrency=1)  # its maintenance notices the dead step
 

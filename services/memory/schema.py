@@ -118,17 +118,10 @@ class VerifiedProof:
         return normalized_statement_tokens(self.normalized)
 
     def payload(self) -> dict[str, Any]:
+        """What a point carries: the record, its hashes (indexed for filters) and the schema version."""
         return {
             "schema": SCHEMA_VERSION,
-            "formal_statement": self.formal_statement,
-            "proof": self.proof,
-            "header": self.header,
-            "source": self.source,
-            "model": self.model,
-            "lean_version": self.lean_version,
-            "job_id": self.job_id,
-            "created_at": float(self.created_at),
-            "name": self.name,
+            **self.to_record(),
             "statement_hash": self.statement_hash,
             "body_hash": self.body_hash,
             "proof_hash": self.proof_hash,
@@ -159,5 +152,5 @@ class VerifiedProof:
             "model": self.model,
             "lean_version": self.lean_version,
             "job_id": self.job_id,
-            "created_at": self.created_at,
+            "created_at": float(self.created_at),
         }
