@@ -11,6 +11,7 @@ import redis
 import redis.asyncio
 from fastapi import Depends, Request
 
+from services import redis_clients
 from services.errors import RequestError
 from services.settings import Settings
 from services.store import JobStore
@@ -29,11 +30,21 @@ class Gateway:
 
     @classmethod
     def open(cls, settings: Settings) -> Gateway:
-        client = redis.Redis.from_url(settings.redis.url, health_check_interval=30, socket_connect_timeout=5)
+        """Two pools (services/redis_clients.py): plain commands from the thread pool, and the event loop's
+        blocking reads, each of which holds a connection for up to one `MAX_BLOCK_S` block."""
+        url = settings.redis.url
+        client = redis_clients.sync_client(
+            url, name="oprover-gateway", max_connections=redis_clients.GATEWAY_SYNC_CONNECTIONS
+        )
         return cls(
             settings=settings,
             redis=client,
-            aredis=redis.asyncio.Redis.from_url(settings.redis.url, socket_connect_timeout=5),
+            aredis=redis_clients.async_client(
+                url,
+                name="oprover-gateway-wait",
+                max_connections=settings.redis.gateway_connections,
+                block_s=redis_clients.MAX_BLOCK_S,
+            ),
             store=JobStore(client, job_ttl_s=settings.prove.job_ttl_s),
             dispatch=Dispatcher(client, settings),
         )

@@ -19,7 +19,7 @@ from fastapi.sse import EventSourceResponse, ServerSentEvent
 
 from api.deps import Gateway, GatewayDep, require_api_key
 from api.protocol import ErrorResponse, ProveRequest
-from services import keys, lean_workers
+from services import keys, lean_workers, redis_clients
 from services.domain import TERMINAL_STATUSES, JobStatus
 from services.errors import RequestError
 from services.leantext import parse_statement
@@ -30,8 +30,9 @@ logger = logging.getLogger(__name__)
 
 _EVENT_ID = re.compile(r"\d{1,20}-\d{1,20}")
 _TERMINAL_EVENTS = {f"job.{status.value}" for status in TERMINAL_STATUSES}
-# One blocking read on the event stream waits at most this long, so a gone client or job is noticed.
-_EVENT_BLOCK_MS = 10_000
+# One blocking read on the event stream waits at most this long (the gateway's Redis client is built for it), so
+# a gone client or an expired job is noticed; FastAPI sends a keep-alive comment after 15 s without an event.
+_EVENT_BLOCK_MS = int(redis_clients.MAX_BLOCK_S * 1000)
 
 
 class Conflict(RequestError):
@@ -135,7 +136,7 @@ class ProveService:
             if remaining <= 0:
                 return False
             events = await read_events_async(
-                self.gw.aredis, job_id, after, block_ms=max(1, int(min(remaining, 10) * 1000))
+                self.gw.aredis, job_id, after, block_ms=max(1, int(min(remaining * 1000, _EVENT_BLOCK_MS)))
             )
             for event in events:
                 after = event.id

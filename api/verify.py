@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import secrets
 from typing import Any
 
@@ -12,9 +11,10 @@ from fastapi.concurrency import run_in_threadpool
 from api.deps import GatewayDep, require_api_key
 from api.protocol import ErrorResponse, VerifyRequest
 from api.prove import ProveService
-from services import keys
+from services import redis_clients
 from services.errors import LeanError, RequestError
 from services.leantext import parse_statement
+from services.store import pop_verify_result
 
 router = APIRouter(
     prefix="/v1",
@@ -53,9 +53,9 @@ def _enqueue(gateway: Any, body: VerifyRequest) -> tuple[str, float]:
 @router.post("/verify")
 async def verify(body: VerifyRequest, gateway: GatewayDep) -> dict[str, Any]:
     request_id, timeout_s = await run_in_threadpool(_enqueue, gateway, body)
-    reply = await gateway.aredis.blpop([keys.verify_result_key(request_id)], timeout=timeout_s)
+    reply = await pop_verify_result(gateway.aredis, request_id, timeout_s, block_s=redis_clients.MAX_BLOCK_S)
     if reply is None:
         raise VerifyTimeout(
             f"no verdict within {timeout_s:.0f} s (are verify workers overloaded?)", code="verify_timeout"
         )
-    return json.loads(reply[1])
+    return reply

@@ -26,6 +26,12 @@ DEFAULT_LEAN_HEADER = (
 
 class RedisSettings(BaseModel):
     url: str = Field("redis://127.0.0.1:6379/0", description="Redis for queues, job records and events.")
+    gateway_connections: int = Field(
+        512,
+        ge=8,
+        description="Async Redis connections of the gateway: one per open event stream, `?wait=` or /v1/verify "
+        "in progress; more wait up to 20 s for a free one (docs/operations.md).",
+    )
 
     @field_validator("url")
     @classmethod

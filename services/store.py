@@ -345,6 +345,27 @@ async def read_events_async(client: redis.asyncio.Redis, job_id: str, after: str
     return _parse_events(reply)
 
 
+async def pop_verify_result(
+    client: redis.asyncio.Redis, request_id: str, timeout_s: float, *, block_s: float
+) -> dict[str, Any] | None:
+    """The result a verify worker pushed for `request_id`, waiting up to `timeout_s`; None if none came.
+
+    A check may take many minutes, but one BLPOP blocks at most `block_s`: the client's socket timeout is
+    built for that block (services/redis_clients.py), so a long wait never ends in a socket timeout while a
+    dead Redis is still noticed within one block.
+    """
+    key = keys.verify_result_key(request_id)
+    deadline = time.monotonic() + timeout_s
+    while True:
+        remaining = deadline - time.monotonic()
+        if remaining <= 0:
+            return None
+        # BLPOP takes whole or fractional seconds; 0 would mean "forever".
+        reply = await client.blpop([key], timeout=max(0.01, min(remaining, block_s)))
+        if reply is not None:
+            return json.loads(reply[1])
+
+
 def _parse_events(reply: Any) -> list[Event]:
     events = []
     for _stream, entries in reply or []:
