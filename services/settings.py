@@ -164,6 +164,7 @@ class ProveSettings(BaseModel):
     max_tokens: int | None = Field(None, ge=1, description="Overrides the prompt profile's max_tokens.")
     max_statement_chars: int = Field(20_000, ge=100, description="Longest formal statement accepted.")
     job_ttl_s: int = Field(7 * 24 * 3600, ge=60, description="How long a finished job stays readable.")
+    max_batch: int = Field(1000, ge=1, description="Most statements one POST /v1/prove/batch may hold.")
 
 
 class WorkerSettings(BaseModel):
@@ -193,6 +194,26 @@ class WorkerSettings(BaseModel):
         return value
 
 
+class ChatSettings(BaseModel):
+    keepalive_s: float = Field(
+        5.0, gt=0, le=60, description="A streamed chat answer sends an SSE comment after this long without output."
+    )
+    relay_models_timeout_s: float = Field(
+        3.0, gt=0, description="Limit of asking the generator for its models (listed by /v1/models)."
+    )
+
+
+class CallbackSettings(BaseModel):
+    secret: str | None = Field(
+        None, description="HMAC-SHA256 key signing callback deliveries; jobs with a callback_url need it."
+    )
+    timeout_s: float = Field(10.0, gt=0, description="Limit of one delivery POST.")
+    max_attempts: int = Field(8, ge=1, description="Deliveries tried before a callback is given up.")
+    backoff_base_s: float = Field(2.0, ge=0, description="Wait after the first failed delivery; doubles each time.")
+    backoff_max_s: float = Field(600.0, ge=0, description="Longest wait between two deliveries.")
+    poll_interval_s: float = Field(1.0, gt=0, description="How often the gateway looks for due deliveries.")
+
+
 class Settings(BaseSettings):
     model_config = SettingsConfigDict(
         env_prefix="OPROVER_",
@@ -210,6 +231,8 @@ class Settings(BaseSettings):
     prompt: PromptSettings = Field(default_factory=PromptSettings)
     prove: ProveSettings = Field(default_factory=ProveSettings)
     worker: WorkerSettings = Field(default_factory=WorkerSettings)
+    chat: ChatSettings = Field(default_factory=ChatSettings)
+    callback: CallbackSettings = Field(default_factory=CallbackSettings)
 
 
 class SettingsError(Exception):
