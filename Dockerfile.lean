@@ -23,11 +23,14 @@ RUN curl -sSfL "https://raw.githubusercontent.com/leanprover/elan/${ELAN_VERSION
  && elan --version && lean --version
 
 WORKDIR /opt/lean
+# `cd` into the fresh clone within one RUN: clone, check and build stay one layer.
+# hadolint ignore=DL3003
 RUN git clone --depth 1 --branch "${LEAN_VERSION}" https://github.com/leanprover-community/mathlib4 mathlib4 \
  && cd mathlib4 && test "$(cat lean-toolchain)" = "leanprover/lean4:${LEAN_VERSION}" \
  && lake exe cache get \
  && lake env true \
  && git rev-parse HEAD > /opt/lean/MATHLIB_REV
+# hadolint ignore=DL3003
 RUN git clone --depth 1 --branch "${LEAN_VERSION}" https://github.com/leanprover-community/repl repl \
  && cd repl && test "$(cat lean-toolchain)" = "leanprover/lean4:${LEAN_VERSION}" \
  && lake build \
@@ -53,5 +56,5 @@ ENV OPROVER_LEAN_CMD="lake env /opt/lean/repl/.lake/build/bin/repl" \
 USER lean
 # Healthy = the worker has at least one warm REPL (the header imported); Mathlib's import takes a while.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=600s --retries=3 \
-  CMD pgrep -f "/opt/lean/repl/.lake/build/bin/repl" > /dev/null || exit 1
+  CMD ["pgrep", "-f", "/opt/lean/repl/.lake/build/bin/repl"]
 CMD ["oprover", "worker", "verify"]
