@@ -61,13 +61,13 @@ def cmd_worker(args: argparse.Namespace) -> int:
         if args.kind == "generate":
             require(settings.generator.url, "OPROVER_GENERATOR_URL", "the generate worker calls the model there")
             concurrency = args.concurrency or settings.generator.concurrency
-            ctx = WorkerContext.build(settings, generator=True, memory=not args.no_memory)
+            ctx = WorkerContext.build(settings, generator=True, memory=not args.no_memory, concurrency=concurrency)
             # Memory additions first: they are quick and must not wait behind a long generate backlog.
             queues = ([keys.MEMORY_QUEUE] if ctx.memory is not None else []) + [keys.GENERATE_QUEUE]
         else:
             require(settings.lean.cmd, "OPROVER_LEAN_CMD", "the verify worker starts its Lean REPLs with it")
             concurrency = args.concurrency or settings.lean.pool_size or os.cpu_count() or 1
-            ctx = WorkerContext.build(settings, checker=True, pool_size=concurrency)
+            ctx = WorkerContext.build(settings, checker=True, pool_size=concurrency, concurrency=concurrency)
             queues = [f"{keys.VERIFY_QUEUE}-{settings.lean.version}"]
             if settings.lean.serve_default_queue:
                 queues.append(keys.VERIFY_QUEUE)

@@ -12,6 +12,7 @@ from fastapi.responses import JSONResponse, Response
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 from prometheus_client.core import GaugeMetricFamily
 from rq import Worker
+from rq.utils import now
 
 from api.deps import Gateway, GatewayDep
 from services import keys, lean_workers
@@ -25,12 +26,29 @@ async def healthz() -> dict[str, str]:
     return {"status": "ok"}
 
 
-def _workers(gateway: Gateway) -> dict[str, int]:
-    counts = {keys.GENERATE_QUEUE: 0, keys.VERIFY_QUEUE: 0, keys.MEMORY_QUEUE: 0}
-    for worker in Worker.all(connection=gateway.redis):
+# A worker counts as live while its last heartbeat is this recent. Workers beat every few seconds (every 2 s while
+# idle, every 10 s at most while all their slots are busy: workers/runner.py); a worker killed without a goodbye
+# keeps its RQ registration until its record expires a minute or more later, and must not count meanwhile.
+WORKER_LIVE_S = 30
+
+
+def _workers(gateway: Gateway) -> dict[str, dict[str, int]]:
+    """Live worker processes and their job slots, per queue."""
+    counts = {name: {"count": 0, "slots": 0} for name in (keys.GENERATE_QUEUE, keys.VERIFY_QUEUE, keys.MEMORY_QUEUE)}
+    workers = [
+        worker
+        for worker in Worker.all(connection=gateway.redis)
+        if worker.last_heartbeat is not None and (now() - worker.last_heartbeat).total_seconds() < WORKER_LIVE_S
+    ]
+    with gateway.redis.pipeline(transaction=False) as pipe:
+        for worker in workers:
+            pipe.hget(worker.key, "concurrency")
+        slots = pipe.execute()
+    for worker, concurrency in zip(workers, slots, strict=True):
         for name in worker.queue_names():
             if name in counts:
-                counts[name] += 1
+                counts[name]["count"] += 1
+                counts[name]["slots"] += int(concurrency or 1)
     return counts
 
 
@@ -66,9 +84,12 @@ def readiness(gateway: Gateway) -> dict[str, Any]:
         checks["redis"] = {"ok": False, "error": f"{type(exc).__name__}: {exc}"}
         return {"status": "unavailable", "checks": checks}
     workers = _workers(gateway)
-    checks["generate_workers"] = {"ok": workers[keys.GENERATE_QUEUE] > 0, "count": workers[keys.GENERATE_QUEUE]}
-    checks["verify_workers"] = {"ok": workers[keys.VERIFY_QUEUE] > 0, "count": workers[keys.VERIFY_QUEUE]}
-    checks["memory_worker"] = {"ok": workers[keys.MEMORY_QUEUE] > 0, "count": workers[keys.MEMORY_QUEUE]}
+    for check, queue in (
+        ("generate_workers", keys.GENERATE_QUEUE),
+        ("verify_workers", keys.VERIFY_QUEUE),
+        ("memory_worker", keys.MEMORY_QUEUE),
+    ):
+        checks[check] = {"ok": workers[queue]["count"] > 0, **workers[queue]}
     lean = lean_workers.live(gateway.redis)
     checks["lean"] = {"ok": bool(lean), "workers": lean}
     checks["generator"] = _generator(gateway)
@@ -91,15 +112,17 @@ class _QueueCollector:
     def collect(self) -> Any:
         depth = GaugeMetricFamily("oprover_queue_jobs", "RQ jobs waiting per queue", labels=["queue"])
         running = GaugeMetricFamily("oprover_queue_running", "RQ jobs running per queue", labels=["queue"])
-        workers = GaugeMetricFamily("oprover_workers", "RQ workers listening per queue", labels=["queue"])
+        workers = GaugeMetricFamily("oprover_workers", "Live worker processes per queue", labels=["queue"])
+        slots = GaugeMetricFamily("oprover_worker_slots", "Job slots of the live workers per queue", labels=["queue"])
         per_queue = _workers(self.gateway)
         for name in per_queue:
             queue = self.gateway.dispatch.queue(name)
             depth.add_metric([name], queue.count)
             # without cleanup: RQ's cleanup of abandoned jobs belongs to the workers' maintenance, under its lock
             running.add_metric([name], queue.started_job_registry.get_job_count(cleanup=False))
-            workers.add_metric([name], per_queue[name])
-        yield from (depth, running, workers)
+            workers.add_metric([name], per_queue[name]["count"])
+            slots.add_metric([name], per_queue[name]["slots"])
+        yield from (depth, running, workers, slots)
 
 
 @router.get("/metrics")

@@ -17,7 +17,9 @@ The rules here instead:
 - Pools are `BlockingConnectionPool`s of a stated size: a thread that finds every connection busy waits up to
   `POOL_WAIT_S` for one. Sizes follow from what the process runs (`worker_pool_size`), and docs/operations.md
   adds them up so an operator can size Redis `maxclients`.
-- Two retries with a short backoff: enough to ride over a dropped connection, not to hide an outage.
+- A dropped connection is retried twice with a short backoff (a Redis restart, an idle connection a proxy
+  closed); a timeout is not retried: it means Redis is not answering, and a retry would only multiply the wait
+  (each retry reconnects and times out again in its handshake: 45 s for one command with redis-py's defaults).
 - Every connection names itself (`CLIENT SETNAME`), so `redis-cli client list` shows who holds what.
 """
 
@@ -37,11 +39,13 @@ CONNECT_TIMEOUT_S = 5.0
 BLOCK_MARGIN_S = 10.0
 # The longest single block the gateway asks for; longer waits loop over blocks this long.
 MAX_BLOCK_S = 15.0
+# The longest block a worker process asks for: RQ's dequeue, cut short so a stop request is seen quickly.
+WORKER_BLOCK_S = 2.0
 # How long a thread or task waits for a pooled connection before the call fails.
 POOL_WAIT_S = 20.0
 # A connection idle this long is PINGed before use, so a connection a restart broke is replaced, not used.
 HEALTH_CHECK_INTERVAL_S = 30
-# Retries of a command after a connection error or a timeout (redis-py's default is 10).
+# Retries of a command after its connection dropped (redis-py's default: 10, on timeouts as well).
 RETRIES = 2
 
 # Connections a worker process holds besides one per job slot: RQ's dequeue loop, its pub/sub listener, the
@@ -49,6 +53,10 @@ RETRIES = 2
 WORKER_EXTRA_CONNECTIONS = 8
 # The gateway's synchronous client serves its thread pool (anyio's default: 40 threads) plus spare.
 GATEWAY_SYNC_CONNECTIONS = 48
+
+
+_RETRIED = (redis.exceptions.ConnectionError,)
+_RETRIED_ASYNC = (redis.exceptions.ConnectionError,)
 
 
 def socket_timeout_for(block_s: float) -> float:
@@ -72,9 +80,9 @@ def sync_client(url: str, *, name: str, max_connections: int, block_s: float = 0
         socket_keepalive=True,
         health_check_interval=HEALTH_CHECK_INTERVAL_S,
         client_name=name,
-        retry=Retry(ExponentialWithJitterBackoff(base=0.1, cap=1.0), RETRIES),
+        retry=Retry(ExponentialWithJitterBackoff(base=0.1, cap=1.0), RETRIES, supported_errors=_RETRIED),
     )
-    return redis.Redis(connection_pool=pool)
+    return redis.Redis.from_pool(pool)  # the client owns the pool: close() disconnects it
 
 
 def async_client(url: str, *, name: str, max_connections: int, block_s: float = 0) -> redis.asyncio.Redis:
@@ -88,6 +96,8 @@ def async_client(url: str, *, name: str, max_connections: int, block_s: float = 
         socket_keepalive=True,
         health_check_interval=HEALTH_CHECK_INTERVAL_S,
         client_name=name,
-        retry=redis.asyncio.retry.Retry(ExponentialWithJitterBackoff(base=0.1, cap=1.0), RETRIES),
+        retry=redis.asyncio.retry.Retry(
+            ExponentialWithJitterBackoff(base=0.1, cap=1.0), RETRIES, supported_errors=_RETRIED_ASYNC
+        ),
     )
-    return redis.asyncio.Redis(connection_pool=pool)
+    return redis.asyncio.Redis.from_pool(pool)  # aclose() disconnects the pool

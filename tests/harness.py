@@ -111,7 +111,7 @@ class ServiceHarness:
         before = self._worker_count(kind)
         args = ["worker", kind, "--concurrency", str(concurrency)]
         process = self._spawn(name, *args, env=env)
-        self._wait(lambda: self._worker_count(kind) >= before + concurrency, name, 30, process)
+        self._wait(lambda: self._worker_count(kind) >= before + 1, name, 30, process)  # one RQ worker per process
         return process
 
     def _worker_count(self, kind: str) -> int:

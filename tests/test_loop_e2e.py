@@ -413,7 +413,7 @@ def test_workers_and_retries_survive_a_redis_restart(tmp_path) -> None:
         assert final["status"] == "proved", final
         assert len(harness.chat_requests()) == 4
         workers = [w for w in Worker.all(connection=harness.redis) if w.name.startswith(("generate.", "verify."))]
-        assert len(workers) == 3  # every thread has a live worker again
+        assert len(workers) == 2  # each process has its live RQ worker again
     finally:
         harness.close()
         server.terminate()

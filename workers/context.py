@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING
 
 import redis
 
+from services import redis_clients
 from services.settings import Settings
 from services.store import JobStore
 from workers.cancellation import CancellationWatcher
@@ -48,8 +49,16 @@ class WorkerContext:
         checker: bool = False,
         memory: bool = False,
         pool_size: int | None = None,
+        concurrency: int = 1,
     ) -> WorkerContext:
-        client = redis.Redis.from_url(settings.redis.url, max_connections=None, health_check_interval=30)
+        """`concurrency`: jobs the process runs at once; its Redis pool holds one connection per job slot plus
+        the worker's own threads, and is built for RQ's blocking dequeue (services/redis_clients.py)."""
+        client = redis_clients.sync_client(
+            settings.redis.url,
+            name="oprover-worker",
+            max_connections=redis_clients.worker_pool_size(concurrency),
+            block_s=redis_clients.WORKER_BLOCK_S,
+        )
         ctx = cls(
             settings=settings,
             redis=client,

@@ -1,35 +1,42 @@
-"""`oprover worker generate|verify`: many RQ workers as threads of one process that shares its resources.
+"""`oprover worker generate|verify`: one RQ worker per process that runs N jobs at once on a thread pool.
 
-Why threads of `SimpleWorker` rather than RQ's default worker, `rq worker-pool`, or one process per slot:
-- RQ's default `Worker` forks a work horse per job, which throws away the warm Lean REPLs and the pooled HTTP
-  connections; `SimpleWorker` runs the job in the worker itself.
-- A generate worker must keep 64-128 generations in flight (DESIGN §5). Each generation is an HTTP request that
-  mostly waits, so one thread per in-flight request is cheap, while one process per request would cost ~60 MB
-  each and open its own connection pool. Each thread is a full RQ worker (its own name, registration,
-  heartbeats, started-job registry entries), so RQ's retries and abandoned-job detection work unchanged.
-- A verify worker runs one thread per REPL of its pool, so every REPL is busy while checks are queued.
+Why one RQ worker with N job slots, and not N RQ workers as threads (the design this replaced):
+- A generate worker keeps 64 generations in flight. As 64 full `SimpleWorker`s, a process held 64 pub/sub
+  connections, 64 blocking dequeues, 64 heartbeat loops and 64 registry maintenance runs per interval, on a
+  redis-py pool that stops at 100 connections: threads died with `MaxConnectionsError`, were restarted, and the
+  streams in flight were cut and resent, so the model saw one request 5-7 times. Measured side by side at the
+  shipped defaults (README, Performance: the fixed thread-of-workers against this), one worker with 64 slots
+  holds ~10 connections instead of ~130, sends far fewer Redis commands while idle, and keeps the GPU as busy.
+- RQ 3 already tracks several executions per worker (`worker.executions`, one started-registry entry per
+  execution), so a worker that runs jobs side by side keeps RQ's bookkeeping exact: each job is prepared,
+  performed, retried, failed and cleaned up by RQ's own `perform_job`, and its failure callback runs as usual.
+- Threads rather than an event loop: the job functions are plain blocking functions (a generation is an HTTP
+  call through the process's shared client, a check waits for a REPL of the shared Lean pool), so a thread per
+  slot costs little and keeps them unchanged; the generation client already runs one event loop for all.
 
-What threads change, and how this module handles it:
-- Signals reach only the main thread: the pool installs the handlers and asks every worker to stop. A worker
-  blocked waiting for a job wakes every `DEQUEUE_POLL_S` to see the request (RQ's own loop would wait ~7 min),
-  and it looks at the request only before it blocks, never between taking a job and running it, so a stop
-  cannot drop a job it already took off the queue.
-- `SIGALRM` timeouts work only in the main thread: jobs are timed with RQ's `TimerDeathPenalty` instead, and
-  so are the failure callbacks that RQ's maintenance runs for abandoned jobs (`StartedJobRegistry` would
-  otherwise try to install a SIGALRM handler from a worker thread, fail, and skip the callback).
-- A thread whose RQ worker quits (Redis went away, an unexpected error) is restarted with a fresh worker after
-  a pause, and so is the scheduler: a Redis restart must not leave the pool with fewer workers or no retries.
-- `SimpleWorker` sends no heartbeat while a job runs, so RQ could only call a job abandoned after its whole
-  timeout (half an hour for a long generation). Here a side thread heartbeats every running job, and a job
-  whose heartbeats stop for `abandoned_after_s` (its worker was SIGKILLed, its machine died) is found by RQ's
-  maintenance (every `maintenance_interval_s`, instead of RQ's default 10 minutes) and retried, or handed to
-  the failure callback when its retries are used up.
-- The RQ scheduler (needed for retries with a delay) runs as a thread of the pool, not a forked process: forking
-  a process that already runs many threads is unsafe.
+What this module adds around RQ's `perform_job`:
+- One dequeue loop: it takes a job only when a slot is free, blocks on Redis at most `WORKER_BLOCK_S` (so a
+  stop is seen quickly; the process's Redis client is built for that block), and never drops a job it took: a
+  stop is looked at only before the dequeue, and a Redis outage after it is waited out.
+- One heartbeat thread, on a connection of its own, beats the worker and every running execution every
+  `abandoned_after_s / 3` in one round trip. A job whose heartbeats stop (its process was SIGKILLed, its
+  machine died) is found by RQ's maintenance after `abandoned_after_s` and retried, or handed to its failure
+  callback when its retries are used up.
+- One maintenance run per process per `maintenance_interval_s`, under a lock that this worker releases even
+  when the cleanup fails, and that expires after one maintenance interval (RQ's own expires after 15 minutes:
+  a process killed during cleanup stopped every retry of abandoned rounds for that long). A longer lock left
+  behind (an older version, a plain `rq worker`) is cut down to that expiry.
+- Jobs are timed with RQ's `TimerDeathPenalty` (SIGALRM reaches only the main thread), and so are the failure
+  callbacks RQ's maintenance runs for abandoned jobs.
+- Signals reach the main thread: the first stops taking jobs and lets the ones in flight finish; a second
+  exits at once (RQ then retries what was cut off). The RQ scheduler (retries with a delay) runs as a thread.
+- Logs at INFO: start, stop, one line per finished job, Redis lost and back. RQ's per-job housekeeping lines
+  are left at DEBUG.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import logging
 import os
@@ -42,106 +49,259 @@ from collections.abc import Sequence
 from typing import Any
 
 import redis
-from rq.exceptions import DequeueTimeout, StopRequested
+from rq import worker_registration
+from rq.exceptions import DequeueTimeout
 from rq.executions import Execution
 from rq.job import Job
 from rq.queue import Queue
-from rq.registry import StartedJobRegistry
+from rq.registry import StartedJobRegistry, clean_registries
 from rq.scheduler import RQScheduler
 from rq.serializers import JSONSerializer
+from rq.suspension import is_suspended
 from rq.timeouts import TimerDeathPenalty
+from rq.utils import now
 from rq.worker import SimpleWorker, WorkerStatus
 
-from services import lean_workers
+from services import lean_workers, redis_clients
 from workers import context
 from workers.context import WorkerContext
 
 logger = logging.getLogger(__name__)
 
-# How long an idle worker thread blocks on Redis before looking at the stop flag again.
-DEQUEUE_POLL_S = 2
 # How often a verify worker re-announces its Lean versions (below keys.LEAN_WORKER_TTL_S).
 ANNOUNCE_EVERY_S = 20
-# Pause before a quit worker thread or a failed scheduler is started again.
+# Pause before a failed scheduler is started again.
 RESTART_PAUSE_S = 2
+# Shortest expiry of RQ's registry maintenance lock. One cleanup takes well under a second, so the lock expires
+# after one maintenance interval (at least this long): a lock left by a process that died while holding it
+# delays the next cleanup, and so the retry of abandoned rounds, by at most that much.
+MIN_MAINTENANCE_LOCK_S = 10
+# An RQ worker record expires this long after its last heartbeat (the worker beats every WORKER_BLOCK_S).
+WORKER_TTL_S = 60
+# Longest pause between attempts while Redis is unreachable.
+MAX_BACKOFF_S = 30.0
+
+# Release a lock only if this worker still holds it (it may have expired and been taken by another).
+_RELEASE_IF_OWNER = """
+if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end
+return 0
+"""
 
 
-class ThreadWorker(SimpleWorker):
-    """An RQ `SimpleWorker` that lives in a thread of a `WorkerPool`."""
+class SlotWorker(SimpleWorker):
+    """One RQ worker that runs up to `concurrency` jobs at once, each on a thread of its pool."""
 
     death_penalty_class = TimerDeathPenalty
-    abandoned_after_s = 30
 
-    def _install_signal_handlers(self) -> None:
-        """The pool's main thread owns the signals."""
+    def __init__(
+        self,
+        queues: Sequence[str],
+        *,
+        name: str,
+        connection: redis.Redis,
+        heartbeat_connection: redis.Redis,
+        concurrency: int,
+        abandoned_after_s: int,
+        maintenance_interval_s: int,
+    ) -> None:
+        super().__init__(
+            list(queues),
+            name=name,
+            connection=connection,
+            serializer=JSONSerializer,
+            maintenance_interval=maintenance_interval_s,
+            worker_ttl=WORKER_TTL_S,
+            log_job_description=False,
+        )
+        self.log_result_lifespan = False
+        self.concurrency = concurrency
+        self.abandoned_after_s = abandoned_after_s
+        self._beat_connection = heartbeat_connection
+        self._free = threading.Semaphore(concurrency)
+        self._pool = concurrent.futures.ThreadPoolExecutor(concurrency, thread_name_prefix=f"{name.split('.')[0]}-job")
+        self._running: dict[str, tuple[Job, Execution]] = {}
+        self._running_lock = threading.Lock()
+        self._stop = threading.Event()
+        self._beats_stop = threading.Event()
+        self._release_lock = self.connection.register_script(_RELEASE_IF_OWNER)
 
+    # --- RQ hooks ------------------------------------------------------------------------------------------------
     @property
     def dequeue_timeout(self) -> int:
-        return DEQUEUE_POLL_S
+        return int(redis_clients.WORKER_BLOCK_S)
 
-    def dequeue_job_and_maintain_ttl(self, timeout: int | None, max_idle_time: int | None = None) -> Any:
-        """Wait for a job in short slices, looking at the stop request only before each wait.
+    def _install_signal_handlers(self) -> None:
+        """The main thread owns the signals (see WorkerPool.run)."""
 
-        RQ stops an idle worker by raising StopRequested from its signal handler, which a thread cannot
-        receive; raising it anywhere after a job was popped would lose that job.
-        """
-        self.set_state(WorkerStatus.IDLE)
-        backoff = 1.0
-        while True:
-            if self._stop_requested:
-                raise StopRequested()
-            try:
-                self.heartbeat()
-                if self.should_run_maintenance_tasks:
-                    self.run_maintenance_tasks()
-                result = self.queue_class.dequeue_any(
-                    self._ordered_queues,
-                    DEQUEUE_POLL_S,
-                    connection=self.connection,
-                    job_class=self.job_class,
-                    serializer=self.serializer,
-                    death_penalty_class=self.death_penalty_class,
-                )
-            except DequeueTimeout:
-                continue
-            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
-                logger.warning("worker %s: Redis unavailable (%s); retrying in %.0f s", self.name, exc, backoff)
-                time.sleep(backoff)
-                backoff = min(backoff * 2, 30.0)
-                continue
-            if result is not None:
-                job, queue = result
-                self.reorder_queues(reference_queue=queue)
-                logger.info("worker %s: %s: %s", self.name, queue.name, job.id)
-                return result
+    def request_stop(self, signum: Any = None, frame: Any = None) -> None:
+        self._stop.set()
 
     def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
         return self.abandoned_after_s
 
-    def execute_job(self, job: Job, queue: Queue) -> None:
-        execution = self.prepare_execution(job)
-        done = threading.Event()
-        beat = threading.Thread(
-            target=self._heartbeat_while_running,
-            args=(job, execution, done),
-            name=f"{threading.current_thread().name}-heartbeat",
-            daemon=True,
-        )
-        beat.start()
-        try:
-            self.perform_job(job, queue, execution)
-        finally:
-            done.set()
-            beat.join()
-        self.set_state(WorkerStatus.IDLE)
+    def serialize(self) -> dict[str, Any]:
+        # Job slots, so /readyz and /metrics can report capacity as well as live processes.
+        return {**super().serialize(), "concurrency": self.concurrency}
 
-    def _heartbeat_while_running(self, job: Job, execution: Execution, done: threading.Event) -> None:
-        interval = max(0.5, self.abandoned_after_s / 3)
-        while not done.wait(interval):
+    def clean_registries(self) -> None:
+        expiry_ms = max(MIN_MAINTENANCE_LOCK_S, int(self.maintenance_interval)) * 1000
+        for queue in self.queues:
+            lock = queue.registry_cleaning_key
+            if self.connection.pttl(lock) > expiry_ms:  # RQ's own 15-minute lock, left behind
+                self.connection.pexpire(lock, expiry_ms)
+            if not self.connection.set(lock, self.name, nx=True, px=expiry_ms):
+                continue
             try:
-                self.maintain_heartbeats(job, execution)
-            except Exception:  # a missed beat is survivable; three in a row mark the job abandoned
-                logger.warning("worker %s: heartbeat for job %s failed", self.name, job.id, exc_info=True)
+                logger.debug("%s: cleaning registries of queue %s", self.name, queue.name)
+                clean_registries(queue, self._exc_handlers)
+                worker_registration.clean_worker_registry(queue)
+                queue.intermediate_queue.cleanup(self, queue)
+            finally:
+                self._release_lock(keys=[lock], args=[self.name])
+        self.last_cleaned_at = now()
+
+    # --- the loop --------------------------------------------------------------------------------------------------
+    def run(self) -> None:
+        """Take jobs while a slot is free, until a stop is requested; then wait for the jobs in flight."""
+        self._register()
+        beat = threading.Thread(target=self._beat_running_jobs, name=f"{self.name}-heartbeat", daemon=True)
+        beat.start()
+        redis_down_since: float | None = None
+        backoff = 1.0
+        try:
+            while not self._stop.is_set():
+                if not self._free.acquire(timeout=self.dequeue_timeout):
+                    continue  # every slot busy; the heartbeat thread keeps the worker alive meanwhile
+                taken = None
+                try:
+                    if is_suspended(self.connection, self):
+                        time.sleep(self.dequeue_timeout)  # `rq suspend`: take nothing until `rq resume`
+                        continue
+                    self._beat()
+                    if self.should_run_maintenance_tasks:
+                        self.run_maintenance_tasks()
+                    if self._stop.is_set():
+                        break
+                    taken = self.queue_class.dequeue_any(
+                        self._ordered_queues,
+                        self.dequeue_timeout,
+                        connection=self.connection,
+                        job_class=self.job_class,
+                        serializer=self.serializer,
+                        death_penalty_class=self.death_penalty_class,
+                    )
+                except DequeueTimeout:
+                    pass
+                except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+                    if redis_down_since is None:
+                        redis_down_since = time.monotonic()
+                        logger.warning("%s: Redis unavailable (%s); retrying until it is back", self.name, exc)
+                    self._stop.wait(backoff)
+                    backoff = min(backoff * 2, MAX_BACKOFF_S)
+                    continue
+                except Exception:
+                    logger.exception("%s: unexpected error while waiting for a job; carrying on", self.name)
+                    self._stop.wait(backoff)
+                    backoff = min(backoff * 2, MAX_BACKOFF_S)
+                    continue
+                finally:
+                    if taken is None:
+                        self._free.release()
+                if redis_down_since is not None:
+                    logger.info("%s: Redis is back after %.0f s", self.name, time.monotonic() - redis_down_since)
+                    redis_down_since, backoff = None, 1.0
+                if taken is not None:
+                    job, queue = taken
+                    self.reorder_queues(reference_queue=queue)
+                    self._start(job, queue)
+        finally:
+            self._stop.set()
+            running = len(self._running)
+            if running:
+                logger.info("%s: waiting for %d jobs in flight", self.name, running)
+            self._pool.shutdown(wait=True)
+            self._beats_stop.set()
+            beat.join()
+            with contextlib.suppress(redis.exceptions.RedisError):
+                self.teardown()
+
+    def _register(self) -> None:
+        """RQ's birth and pub/sub subscription (commands such as `rq shutdown`), retried while Redis is away."""
+        backoff = 1.0
+        while True:
+            try:
+                self.register_birth()
+                self.subscribe()
+                self.set_state(WorkerStatus.STARTED)
+                return
+            except redis.exceptions.ConnectionError as exc:
+                logger.warning("%s: Redis unavailable at start (%s); retrying", self.name, exc)
+                time.sleep(backoff)
+                backoff = min(backoff * 2, MAX_BACKOFF_S)
+
+    def _beat(self, pipeline: Any = None) -> None:
+        """The worker's heartbeat, re-registering it if Redis lost its record (a restart without persistence)."""
+        own = pipeline is None
+        pipe = self.connection.pipeline() if own else pipeline
+        self.last_heartbeat = now()
+        pipe.hset(self.key, mapping=self.serialize())
+        pipe.expire(self.key, self.worker_ttl + 60)
+        pipe.expire(self.executions_key, self.worker_ttl + 60)
+        worker_registration.register(self, pipe)
+        if own:
+            pipe.execute()
+            pipe.reset()
+
+    def _start(self, job: Job, queue: Queue) -> None:
+        """Hand a dequeued job to a free slot. The job is off the queue: never give up on it while Redis is away."""
+        backoff = 1.0
+        while True:
+            try:
+                execution = self.prepare_execution(job)
+                break
+            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+                logger.warning("%s: could not start %s (%s); retrying", self.name, job.id, exc)
+                time.sleep(backoff)
+                backoff = min(backoff * 2, MAX_BACKOFF_S)
+        with self._running_lock:
+            self._running[execution.id] = (job, execution)
+        self._pool.submit(self._perform, job, queue, execution)
+
+    def _perform(self, job: Job, queue: Queue, execution: Execution) -> None:
+        started = time.monotonic()
+        ok = False
+        try:
+            ok = self.perform_job(job, queue, execution)
+        except BaseException:  # RQ records failures itself; this is its own bookkeeping failing (Redis down)
+            logger.exception("%s: %s %s: could not record its outcome", self.name, queue.name, job.id)
+        finally:
+            with self._running_lock:
+                self._running.pop(execution.id, None)
+                idle = not self._running
+            if idle:
+                with contextlib.suppress(redis.exceptions.RedisError):
+                    self.set_state(WorkerStatus.IDLE)
+            self._free.release()
+        outcome = "done" if ok else "failed"
+        logger.info("%s %s: %s in %.1f s", queue.name, job.id, outcome, time.monotonic() - started)
+
+    def _beat_running_jobs(self) -> None:
+        """Heartbeats of the worker and of every running execution, in one round trip, on a connection of their
+        own (a busy pool must never delay them: a job without heartbeats is declared abandoned and retried)."""
+        # Also the worker's own heartbeat while every slot is busy: /readyz counts a worker live for 30 s.
+        interval = max(0.5, min(self.abandoned_after_s / 3, 10.0))
+        while not self._beats_stop.wait(interval):
+            with self._running_lock:
+                running = list(self._running.values())
+            try:
+                with self._beat_connection.pipeline(transaction=False) as pipe:
+                    self._beat(pipe)
+                    for job, execution in running:
+                        execution.heartbeat(job.started_job_registry, self.abandoned_after_s, pipeline=pipe)
+                        job.heartbeat(now(), self.abandoned_after_s, pipeline=pipe, xx=True)
+                    pipe.execute()
+            except Exception:  # a missed beat is survivable; three in a row mark the jobs abandoned
+                logger.warning("%s: heartbeat of %d running jobs failed", self.name, len(running), exc_info=True)
 
 
 class _ThreadScheduler(RQScheduler):
@@ -152,6 +312,8 @@ class _ThreadScheduler(RQScheduler):
 
 
 class WorkerPool:
+    """A worker process: its `SlotWorker`, the RQ scheduler, and (verify workers) the Lean announcements."""
+
     def __init__(self, ctx: WorkerContext, queues: Sequence[str], concurrency: int, *, kind: str) -> None:
         self.ctx = ctx
         self.queues = list(queues)
@@ -160,56 +322,44 @@ class WorkerPool:
         # The random part keeps names unique across container restarts, where hostname and pid repeat.
         self.name = f"{kind}.{socket.gethostname()}.{os.getpid()}.{secrets.token_hex(3)}"
         self._stop = threading.Event()
-        self._lock = threading.RLock()  # also taken by the signal handler, on the main thread
-        self._workers: dict[int, ThreadWorker] = {}
-        self._threads: list[threading.Thread] = []
-        self._scheduler: _ThreadScheduler | None = None
-
-    def _make_worker(self, index: int, generation: int = 0) -> ThreadWorker:
-        suffix = f".{generation}" if generation else ""
-        worker = ThreadWorker(
-            self.queues,
-            name=f"{self.name}.{index}{suffix}",
-            connection=self.ctx.redis,
-            serializer=JSONSerializer,
-            maintenance_interval=self.ctx.settings.worker.maintenance_interval_s,
+        self._heartbeat_redis = redis_clients.sync_client(
+            ctx.settings.redis.url, name=f"oprover-{kind}-heartbeat", max_connections=2
         )
-        worker.abandoned_after_s = self.ctx.settings.worker.abandoned_after_s
-        worker.log_result_lifespan = False
-        worker.log_job_description = False
-        return worker
+        self.worker = SlotWorker(
+            self.queues,
+            name=self.name,
+            connection=ctx.redis,
+            heartbeat_connection=self._heartbeat_redis,
+            concurrency=concurrency,
+            abandoned_after_s=ctx.settings.worker.abandoned_after_s,
+            maintenance_interval_s=ctx.settings.worker.maintenance_interval_s,
+        )
+        self._scheduler: _ThreadScheduler | None = None
+        self._threads: list[threading.Thread] = []
 
     def start(self) -> None:
+        # RQ's housekeeping lines (one per job and per maintenance run) and httpx's line per HTTP request are
+        # not an operator's business: this module logs one line per finished job instead.
+        logging.getLogger("rq.worker").setLevel(logging.WARNING)
+        logging.getLogger("httpx").setLevel(logging.WARNING)
         # RQ builds these registries itself during maintenance; see the module docstring.
         StartedJobRegistry.death_penalty_class = TimerDeathPenalty
         context.install(self.ctx)
-        threading.Thread(target=self._run_scheduler, name=f"{self.kind}-scheduler", daemon=True).start()
-        for index in range(self.concurrency):
-            thread = threading.Thread(target=self._run_worker, args=(index,), name=f"{self.kind}-{index}", daemon=True)
+        for target, name in ((self._run_scheduler, "scheduler"), (self._run_worker, "dequeue")):
+            thread = threading.Thread(target=target, name=f"{self.kind}-{name}", daemon=True)
             self._threads.append(thread)
             thread.start()
-        logger.info("%s: %d workers on queues %s", self.name, self.concurrency, ", ".join(self.queues))
+        logger.info("%s: %d job slots on queues %s", self.name, self.concurrency, ", ".join(self.queues))
 
-    def _run_worker(self, index: int) -> None:
-        """Keep one RQ worker running in this thread until the pool stops."""
-        generation = 0
-        while not self._stop.is_set():
-            worker = self._make_worker(index, generation)
-            with self._lock:
-                self._workers[index] = worker
-                worker._stop_requested = self._stop.is_set()  # a stop requested while it was being made
-            try:
-                worker.work(logging_level=logging.getLevelName(logging.getLogger().level))
-            except Exception:
-                logger.exception("%s: worker %s failed", self.name, worker.name)
-            if self._stop.is_set():
-                return
-            logger.warning("%s: worker %s quit; starting a new one in %d s", self.name, worker.name, RESTART_PAUSE_S)
-            self._stop.wait(RESTART_PAUSE_S)
-            generation += 1
+    def _run_worker(self) -> None:
+        try:
+            self.worker.run()
+        except Exception:
+            logger.exception("%s: the worker loop failed; stopping the process", self.name)
+            self.request_stop()
 
     def _run_scheduler(self) -> None:
-        """One pool per queue set holds RQ's scheduler lock; the others stand by to take over.
+        """One process per queue set holds RQ's scheduler lock; the others stand by to take over.
 
         The same scheduler (and so the same lock owner name) is reused after a failure: its lock outlives a
         Redis restart (AOF), and only its owner may take it back before it expires a minute later.
@@ -223,7 +373,7 @@ class WorkerPool:
                     if self._stop.is_set():
                         return
             except Exception:
-                logger.exception("%s: scheduler failed; restarting it", self.name)
+                logger.warning("%s: scheduler failed; restarting it", self.name, exc_info=True)
             self._stop.wait(RESTART_PAUSE_S)
 
     def announce(self) -> None:
@@ -246,10 +396,7 @@ class WorkerPool:
         if not self._stop.is_set():
             logger.info("%s: stopping after the jobs in flight (signal again to stop at once)", self.name)
         self._stop.set()
-        with self._lock:
-            workers = list(self._workers.values())
-        for worker in workers:
-            worker._stop_requested = True
+        self.worker.request_stop()
         if self._scheduler is not None:
             self._scheduler.request_stop()
 
@@ -281,5 +428,6 @@ class WorkerPool:
                     lean_workers.withdraw(self.ctx.redis, self.name)
             context.install(None)
             self.ctx.close()
+            self._heartbeat_redis.close()
         logger.info("%s: stopped", self.name)
         return 0
