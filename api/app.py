@@ -9,10 +9,12 @@ from contextlib import asynccontextmanager
 from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
-from api import health, models, prove, verify
+from api import batch, chat, health, models, prove, verify
 from api.deps import Gateway
 from api.errors import install_error_handlers
+from api.relay import GeneratorRelay
 from services.settings import Settings
+from workers.callbacks import CallbackDelivery
 
 logger = logging.getLogger(__name__)
 
@@ -25,9 +27,14 @@ def create_app(settings: Settings) -> FastAPI:
         if settings.generator.url is None:
             logger.warning("OPROVER_GENERATOR_URL is not set: /readyz will report the generator as down")
         app.state.gateway = Gateway.open(settings)
+        app.state.relay = GeneratorRelay(settings)
+        callbacks = CallbackDelivery(app.state.gateway.aredis, app.state.gateway.store, settings.callback)
+        callbacks.start()
         try:
             yield
         finally:
+            await callbacks.stop()
+            await app.state.relay.aclose()
             await app.state.gateway.close()
 
     app = FastAPI(
@@ -45,7 +52,9 @@ def create_app(settings: Settings) -> FastAPI:
             expose_headers=["Location"],
         )
     install_error_handlers(app)
+    app.include_router(batch.router)  # before prove's: `/v1/prove/batch` is not a job id
     app.include_router(prove.router)
+    app.include_router(chat.router)
     app.include_router(verify.router)
     app.include_router(models.router)
     app.include_router(health.router)

@@ -1,8 +1,10 @@
 """`GET /v1/models`: OpenAI's model list, with what a prover client also needs to know.
 
-The service is one "model" to OpenAI-style clients: the proving loop, whose id is `oprover`. Beside the
-standard fields each entry reports the generator's model and the Lean versions (with their Mathlib and repl
-revisions) that live verify workers announce, and the prompt profiles a request may name.
+Two kinds of model answer at `/v1/chat/completions`, and each entry's `oprover_kind` says which: the proving
+loop (`proving_loop`, id `oprover`), and the generator's own model(s) (`raw_generator`), relayed unchanged —
+a raw model's answer is not checked by Lean. Beside the standard fields the `oprover` entry reports the
+generator's model and the Lean versions (with their Mathlib and repl revisions) that live verify workers
+announce, and the prompt profiles a request may name.
 """
 
 from __future__ import annotations
@@ -14,7 +16,9 @@ from fastapi import APIRouter, Depends
 from fastapi.concurrency import run_in_threadpool
 
 from api.deps import Gateway, GatewayDep, require_api_key
+from api.openai_protocol import OPROVER_MODEL
 from api.prove import ProveService
+from api.relay import RelayDep
 from services.prompts import available_profiles
 
 router = APIRouter(prefix="/v1", tags=["models"], dependencies=[Depends(require_api_key)])
@@ -27,10 +31,11 @@ def _models(gateway: Gateway) -> dict[str, Any]:
         "object": "list",
         "data": [
             {
-                "id": "oprover",
+                "id": OPROVER_MODEL,
                 "object": "model",
                 "created": _STARTED,
                 "owned_by": "oprover-serve",
+                "oprover_kind": "proving_loop",
                 "generator_model": settings.generator.model,
                 "lean": ProveService(gateway).lean_versions(),
                 "default_lean_version": settings.lean.version,
@@ -42,5 +47,9 @@ def _models(gateway: Gateway) -> dict[str, Any]:
 
 
 @router.get("/models")
-async def models(gateway: GatewayDep) -> dict[str, Any]:
-    return await run_in_threadpool(_models, gateway)
+async def models(gateway: GatewayDep, relay: RelayDep) -> dict[str, Any]:
+    listing = await run_in_threadpool(_models, gateway)
+    for entry in await relay.models():
+        if entry["id"] != OPROVER_MODEL:  # the loop's id wins: a request for it is never relayed
+            listing["data"].append({**entry, "oprover_kind": "raw_generator", "relayed": True})
+    return listing

@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, model_validator
+from pydantic import BaseModel, ConfigDict, Field, HttpUrl, model_validator
 
 logger = logging.getLogger(__name__)
 
@@ -44,6 +44,9 @@ class ProveRequest(_Lenient):
     prompt_profile: str | None = Field(None, description="Prompt profile; default: the deployment's.")
     lean_version: str | None = Field(None, description="Lean version to check with; default: the deployment's.")
     metadata: dict[str, Any] | None = Field(None, description="Kept on the job and returned as is.")
+    callback_url: HttpUrl | None = Field(
+        None, description="The finished job is POSTed here once, signed (X-Oprover-Signature: sha256=HMAC of the body)."
+    )
 
 
 class VerifyRequest(_Lenient):

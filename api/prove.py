@@ -86,6 +86,7 @@ class ProveService:
             prompt_profile=profile.name,
             lean_version=lean_version,
             metadata=req.metadata or {},
+            callback_url=self._callback_url(req.callback_url),
         )
 
     def _profile(self, name: str | None) -> PromptProfile:
@@ -115,8 +116,22 @@ class ProveService:
             )
         return requested
 
+    def _callback_url(self, url: object) -> str | None:
+        if url is None:
+            return None
+        if not self.settings.callback.secret:
+            raise RequestError(
+                "callback_url needs the deployment to sign deliveries, and OPROVER_CALLBACK_SECRET is not set",
+                param="callback_url",
+                code="callbacks_disabled",
+            )
+        return str(url)
+
     def submit(self, req: ProveRequest) -> str:
-        spec = self.build_spec(req)
+        return self.submit_spec(self.build_spec(req))
+
+    def submit_spec(self, spec: JobSpec) -> str:
+        """Create a validated job and enqueue round 1 of each chain (the chat door and batches come here too)."""
         job_id = self.gw.store.create(spec)
         try:
             self.gw.dispatch.start_job(job_id, spec.attempts)

@@ -20,6 +20,14 @@ EVENTS = PREFIX + ":job:{{{job_id}}}:events"
 # List: the JSON result of a one-off verification, pushed by the verify worker, BLPOPped by the gateway.
 VERIFY_RESULT = PREFIX + ":verify:{request_id}"
 
+# --- callbacks (POST of a finished job to its callback_url) -------------------------------------------------------
+# Sorted set: job id -> when its next delivery is due (epoch seconds; 0 = now). A job enters it in the same Lua
+# step that ends it; a delivery claims it by pushing its score past a lease, and removes it once done or given up.
+# (Not in the job's hash slot: on Redis Cluster the scripts that end a job would need it there.)
+CALLBACKS_DUE = PREFIX + ":callbacks:due"
+# Hash: job id -> deliveries tried so far.
+CALLBACK_ATTEMPTS = PREFIX + ":callbacks:attempts"
+
 # --- workers -------------------------------------------------------------------------------------------------
 # String (JSON): what a verify worker serves (Lean, Mathlib, repl revisions), refreshed while it lives.
 LEAN_WORKER = PREFIX + ":lean-worker:{name}"

@@ -44,6 +44,8 @@ class JobSpec:
     prompt_profile: str | None = None
     lean_version: str | None = None
     metadata: dict[str, Any] = field(default_factory=dict)
+    user: str | None = None  # the end user the client named (OpenAI's `user`), kept for the client's records
+    callback_url: str | None = None  # the finished job is POSTed there once (workers/callbacks.py)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), ensure_ascii=False)
@@ -64,7 +66,15 @@ def new_job_id() -> str:
     return "prf_" + secrets.token_hex(12)
 
 
-# Lua: set a terminal status unless the job already has one. KEYS: job, events, attempts.
+# Lua, shared by the scripts that end a job: a job with a callback URL gets its delivery scheduled in the same
+# atomic step that makes it terminal, so every end is delivered once and no end is missed (workers/callbacks.py).
+_SCHEDULE_CALLBACK = """
+if redis.call('HEXISTS', KEYS[1], 'callback_url') == 1 then
+  redis.call('ZADD', KEYS[4], 'NX', 0, redis.call('HGET', KEYS[1], 'id'))
+end
+"""
+
+# Lua: set a terminal status unless the job already has one. KEYS: job, events, attempts, callbacks due.
 # ARGV: status, event type, event data (JSON), ttl, events maxlen, then field/value pairs for the job hash.
 _FINISH = """
 local status = redis.call('HGET', KEYS[1], 'status')
@@ -77,6 +87,7 @@ local ttl = tonumber(ARGV[4])
 redis.call('EXPIRE', KEYS[1], ttl)
 redis.call('EXPIRE', KEYS[2], ttl)
 redis.call('EXPIRE', KEYS[3], ttl)
+""" + _SCHEDULE_CALLBACK + """
 return 1
 """
 
@@ -90,7 +101,7 @@ return 1
 """
 
 # Lua: one chain ended without a proof; the last one to end fails the job. A chain ends once: a retried or
-# duplicated last round cannot count it twice. KEYS: job, events, attempts.
+# duplicated last round cannot count it twice. KEYS: job, events, attempts, callbacks due.
 # ARGV: now, ttl, event data for job.failed, maxlen, chain.
 _CHAIN_ENDED = """
 local status = redis.call('HGET', KEYS[1], 'status')
@@ -105,6 +116,7 @@ local ttl = tonumber(ARGV[2])
 redis.call('EXPIRE', KEYS[1], ttl)
 redis.call('EXPIRE', KEYS[2], ttl)
 redis.call('EXPIRE', KEYS[3], ttl)
+""" + _SCHEDULE_CALLBACK + """
 return 2
 """
 
@@ -152,6 +164,7 @@ class JobStore:
                     "generations": 0,
                     "prompt_tokens": 0,
                     "completion_tokens": 0,
+                    **({"callback_url": spec.callback_url} if spec.callback_url else {}),
                 },
             )
             pipe.expire(keys.job_key(job_id), keys.ACTIVE_JOB_TTL_S)
@@ -215,6 +228,8 @@ class JobStore:
             },
             "lean": json.loads(rec["lean"]) if rec.get("lean") else None,
             "metadata": spec.metadata,
+            "user": spec.user,
+            "callback_url": spec.callback_url,
             "created_at": float(rec["created_at"]),
             "started_at": float(rec["started_at"]) if rec.get("started_at") else None,
             "finished_at": float(rec["finished_at"]) if rec.get("finished_at") else None,
@@ -298,7 +313,7 @@ class JobStore:
     def chain_ended(self, job_id: str, chain: int) -> bool:
         """Record that `chain` is exhausted; returns True if that made the whole job `failed`."""
         result = self._chain_ended(
-            keys=[keys.job_key(job_id), keys.events_key(job_id), keys.attempts_key(job_id)],
+            keys=[keys.job_key(job_id), keys.events_key(job_id), keys.attempts_key(job_id), keys.CALLBACKS_DUE],
             args=[repr(time.time()), self.job_ttl_s, json.dumps({"status": "failed"}), keys.EVENTS_MAXLEN, chain],
         )
         if result == 2:
@@ -312,7 +327,8 @@ class JobStore:
         for name, value in fields.items():
             args += [name, value]
         result = self._finish(
-            keys=[keys.job_key(job_id), keys.events_key(job_id), keys.attempts_key(job_id)], args=args
+            keys=[keys.job_key(job_id), keys.events_key(job_id), keys.attempts_key(job_id), keys.CALLBACKS_DUE],
+            args=args,
         )
         if result == -1:
             raise NotFound(f"no proof job {job_id!r} (unknown or expired)", param="id")
