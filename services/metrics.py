@@ -17,11 +17,13 @@ gateway's queue collector; tests/test_metrics.py checks that against a real scra
 
 from __future__ import annotations
 
+import datetime
 import logging
 import os
 import threading
 import time
 from collections.abc import Iterable, Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 
 from prometheus_client import (
@@ -196,7 +198,9 @@ class QueueAgeCollector:
         from rq.serializers import JSONSerializer
 
         gauge = GaugeMetricFamily(
-            "oprover_queue_oldest_job_age_seconds", "How long the oldest waiting job of a queue has waited.", ["queue"]
+            "oprover_queue_oldest_job_age_seconds",
+            "How long the oldest waiting job of a queue has waited.",
+            labels=["queue"],
         )
         now = time.time()
         for queue in Queue.all(connection=self.redis, serializer=JSONSerializer):
@@ -213,7 +217,10 @@ def _parse_rq_time(raw: bytes | str) -> float:
     from rq.utils import utcparse
 
     text = raw.decode() if isinstance(raw, bytes) else raw
-    return utcparse(text).timestamp()
+    parsed = utcparse(text)
+    if parsed.tzinfo is None:  # RQ writes UTC without an offset
+        parsed = parsed.replace(tzinfo=datetime.UTC)
+    return parsed.timestamp()
 
 
 # --- exposition ----------------------------------------------------------------------------------------------------
@@ -238,9 +245,9 @@ def render(extra: Iterable[Any] = ()) -> bytes:
     return body
 
 
-def serve_worker_metrics(port: int, extra: Iterable[Any] = (), host: str = "0.0.0.0") -> threading.Thread:
-    """`/metrics` of a worker process on `port`, in a daemon thread (the worker's threads never wait on it)."""
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+def serve_worker_metrics(port: int, extra: Iterable[Any] = (), host: str = "0.0.0.0") -> ThreadingHTTPServer:
+    """`/metrics` of a worker process on `port` (0: any free one), served by daemon threads (the worker's threads
+    never wait on it). Returns the server: `server_address` has the port, `shutdown()` stops it."""
 
     collectors = list(extra)
 
@@ -266,10 +273,9 @@ def serve_worker_metrics(port: int, extra: Iterable[Any] = (), host: str = "0.0.
 
     server = ThreadingHTTPServer((host, port), Handler)
     server.daemon_threads = True
-    thread = threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True)
-    thread.start()
+    threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True).start()
     logger.info("metrics on http://%s:%d/metrics", host, server.server_address[1])
-    return thread
+    return server
 
 
 def mark_process_dead(pid: int | None = None) -> None:
