@@ -131,6 +131,7 @@ class ModelServer:
 
     def __init__(self, launch: SGLangLaunch, *, log_path: Path) -> None:
         self.launch = launch
+        self.argv = launch.argv()  # raises LaunchError now, before `up` starts anything else
         self.log_path = log_path
         self.process: subprocess.Popen[bytes] | None = None
 
@@ -139,7 +140,7 @@ class ModelServer:
         return self.launch.url
 
     def start(self) -> subprocess.Popen[bytes]:
-        argv = self.launch.argv()
+        argv = self.argv
         self.log_path.parent.mkdir(parents=True, exist_ok=True)
         with open(self.log_path, "ab") as log:
             self.process = subprocess.Popen(
@@ -201,7 +202,8 @@ class ModelServer:
 
 
 def model_server_for_up(generator_url: object, *, log_dir: Path = Path("data/logs")) -> ModelServer | None:
-    """The model server `up` must start, or None when OPROVER_GENERATOR_URL names one already."""
+    """The model server `up` must start, or None when OPROVER_GENERATOR_URL names one already; LaunchError when
+    there is nothing to start (SGLang not installed, no OPROVER_SGLANG_CMD)."""
     if generator_url:
         return None
     return ModelServer(SGLangLaunch.from_env(), log_path=log_dir / "sglang.log")

@@ -41,7 +41,8 @@ from prometheus_client.multiprocess import MultiProcessCollector
 logger = logging.getLogger(__name__)
 
 MULTIPROC_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
-__all__ = ["CONTENT_TYPE_LATEST", "render", "serve_worker_metrics"]
+METRICS_PORT_ENV = "OPROVER_METRICS_PORT"
+__all__ = ["CONTENT_TYPE_LATEST", "render", "serve_for_worker", "serve_worker_metrics"]
 
 # Bucket edges in seconds, from the shapes of the real work: a job takes minutes to hours, a round seconds to the
 # 30-minute generation limit, a Lean check milliseconds (a cached REPL) to its 120 s timeout.
@@ -276,6 +277,32 @@ def serve_worker_metrics(port: int, extra: Iterable[Any] = (), host: str = "0.0.
     threading.Thread(target=server.serve_forever, name="metrics-http", daemon=True).start()
     logger.info("metrics on http://%s:%d/metrics", host, server.server_address[1])
     return server
+
+
+def serve_for_worker(ctx: Any, env: dict[str, str] | None = None) -> ThreadingHTTPServer | None:
+    """`/metrics` of a worker process on OPROVER_METRICS_PORT (unset: none), with its pool's and memory's numbers.
+
+    A port already taken (two workers of `oprover up` given the same port) costs this worker its /metrics, not its
+    work: it says so and goes on.
+    """
+    raw = (env if env is not None else os.environ).get(METRICS_PORT_ENV, "").strip()
+    if not raw:
+        return None
+    try:
+        port = int(raw)
+    except ValueError:
+        logger.error("metrics: %s=%r is not a port number; this worker serves no /metrics", METRICS_PORT_ENV, raw)
+        return None
+    extra: list[Any] = []
+    if getattr(ctx, "checker", None) is not None:
+        extra.append(LeanPoolCollector(ctx.checker.pool))
+    if getattr(ctx, "memory", None) is not None:
+        extra.append(MemorySizeCollector(ctx.memory))
+    try:
+        return serve_worker_metrics(port, extra)
+    except OSError as exc:
+        logger.warning("metrics: cannot listen on port %d (%s); this worker serves no /metrics", port, exc)
+        return None
 
 
 def mark_process_dead(pid: int | None = None) -> None:

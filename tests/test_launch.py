@@ -58,9 +58,13 @@ def test_without_sglang_or_a_url_up_says_what_to_do():
         SGLangLaunch.from_env({}).argv()
 
 
-def test_a_configured_url_launches_nothing():
+def test_a_configured_url_launches_nothing(monkeypatch):
     assert model_server_for_up("http://gpu-box:30000/v1") is None
-    assert isinstance(model_server_for_up(None), ModelServer)
+    monkeypatch.setenv("OPROVER_SGLANG_CMD", "my-server --port {port}")
+    monkeypatch.setenv("OPROVER_SGLANG_PORT", "31234")
+    server = model_server_for_up(None)
+    assert server is not None and server.argv == ["my-server", "--port", "31234"]
+    assert server.url == "http://127.0.0.1:31234/v1"
 
 
 def test_bad_numbers_are_named():

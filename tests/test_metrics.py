@@ -192,3 +192,21 @@ def test_json_logs_carry_the_job_id(tmp_path):
         timeout=60,
     )
     assert bad.returncode != 0 and "OPROVER_LOG_FORMAT must be json or text" in bad.stderr
+
+
+def test_a_worker_serves_metrics_only_on_a_free_configured_port():
+    class Ctx:
+        checker = None
+        memory = None
+
+    assert metrics.serve_for_worker(Ctx(), env={}) is None
+    assert metrics.serve_for_worker(Ctx(), env={"OPROVER_METRICS_PORT": "nine"}) is None
+    first = metrics.serve_for_worker(Ctx(), env={"OPROVER_METRICS_PORT": "0"})
+    assert first is not None
+    try:
+        taken = str(first.server_address[1])
+        assert metrics.serve_for_worker(Ctx(), env={"OPROVER_METRICS_PORT": taken}) is None  # goes on without
+        assert httpx.get(f"http://127.0.0.1:{taken}/metrics", timeout=5).status_code == 200
+    finally:
+        first.shutdown()
+        first.server_close()
