@@ -19,6 +19,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import psutil
 import redis
 from rq import Queue, Worker
 
@@ -182,3 +183,94 @@ class ServiceHarness:
 
     def chat_requests(self) -> list[dict[str, Any]]:
         return [r["body"] for r in self.generator.requests() if "messages" in r["body"]]
+
+
+class OproverUp:
+    """`oprover up` as a user starts it: the shipped defaults, with only the parts it needs pointed at.
+
+    Exactly OPROVER_REDIS_URL, OPROVER_GENERATOR_URL, OPROVER_LEAN_CMD, OPROVER_LEAN_CWD and OPROVER_QDRANT_PATH
+    are set; every other OPROVER_* variable of the test's own environment is removed, so no lowered concurrency or
+    shortened interval leaks in. It runs in `workdir` (so no `.env` of the repository is read), on a free port, and
+    `up` and its children (gateway, generate worker, verify worker) all print into `workdir/up.log`.
+    """
+
+    def __init__(self, *, redis_url: str, workdir: Path, generator_url: str, lean_cmd: str) -> None:
+        self.workdir = workdir
+        self.log_path = workdir / "up.log"
+        (workdir / "lean-project").mkdir(exist_ok=True)
+        self.env = {key: value for key, value in os.environ.items() if not key.startswith("OPROVER_")}
+        self.env.update(
+            {
+                "OPROVER_REDIS_URL": redis_url,
+                "OPROVER_GENERATOR_URL": generator_url,
+                "OPROVER_LEAN_CMD": lean_cmd,
+                "OPROVER_LEAN_CWD": str(workdir / "lean-project"),
+                "OPROVER_QDRANT_PATH": str(workdir / "qdrant"),
+            }
+        )
+        self.port = _free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.process: subprocess.Popen[bytes] | None = None
+
+    def start(self, ready_timeout_s: float = 90) -> None:
+        """Start `oprover up` and wait until /readyz says every part is reachable."""
+        with open(self.log_path, "ab") as log:  # the children keep their own copies of the descriptor
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "api.cli", "up", "--port", str(self.port)],
+                cwd=self.workdir,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+        deadline = time.monotonic() + ready_timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise RuntimeError(f"oprover up exited with {self.process.returncode}:\n{self.log()[-4000:]}")
+            with contextlib.suppress(httpx.HTTPError):
+                if httpx.get(f"{self.url}/readyz", timeout=5).status_code == 200:
+                    return
+            time.sleep(0.5)
+        raise RuntimeError(f"oprover up not ready after {ready_timeout_s} s:\n{self.log()[-4000:]}")
+
+    def client(self, **kwargs: Any) -> httpx.Client:
+        kwargs.setdefault("timeout", 30)
+        return httpx.Client(base_url=self.url, **kwargs)
+
+    # --- its log ------------------------------------------------------------------------------------------------
+    def log(self, since: int = 0) -> str:
+        """What `up` and its children printed, from byte offset `since` (a `log_mark()`)."""
+        if not self.log_path.exists():
+            return ""
+        with open(self.log_path, "rb") as log:
+            log.seek(since)
+            return log.read().decode(errors="replace")
+
+    def log_mark(self) -> int:
+        return self.log_path.stat().st_size if self.log_path.exists() else 0
+
+    # --- stop, as Ctrl-C does -----------------------------------------------------------------------------------
+    def stop(self) -> None:
+        """Ctrl-C (children finish what is in flight), a second Ctrl-C if that hangs, SIGKILL as the last resort.
+
+        The children run in sessions of their own, so they are looked up first and killed by pid if `up` could
+        not stop them: a test must never leave a worker behind on the shared Redis.
+        """
+        if self.process is None:
+            return
+        children = []
+        with contextlib.suppress(psutil.Error):
+            children = psutil.Process(self.process.pid).children(recursive=True)
+        for sig, wait_s in ((signal.SIGINT, 45), (signal.SIGINT, 20)):
+            if self.process.poll() is not None:
+                break
+            self.process.send_signal(sig)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.process.wait(timeout=wait_s)
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=10)
+        for child in children:
+            with contextlib.suppress(psutil.Error):
+                if child.is_running():
+                    child.kill()

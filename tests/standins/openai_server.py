@@ -23,7 +23,11 @@ Admin API (JSON), set per test:
   out. A rule with `status` >= 400 answers with the OpenAI error shape and a `Retry-After` header when
   `retry_after` is set. `stream_error_after: n` cuts a stream after n content chunks with an error frame
   (what SGLang does when a request is aborted mid-generation). Without a matching rule `default` answers.
-- `GET /_admin/requests` `{"requests": [{"body": ..., "headers": {...}, "received_at": t}, ...]}` in order.
+- `GET /_admin/requests` `{"requests": [{"body": ..., "headers": {...}, "received_at": t, "finished_at": t|null,
+  "outcome": str|null}, ...]}` in order (times are `time.time()`). `outcome` is `completed`, `error` (a scripted
+  status), `stream_error` (cut by `stream_error_after`) or `closed_by_client` (the client closed the connection
+  before the answer was complete: what SGLang treats as an abort); null while the request is in flight. The
+  client's request id is in `headers["x-request-id"]`.
 - `POST /_admin/reset` clears the script, the recorded requests and the statistics.
 - `POST /_admin/health` `{"status": 503}` makes `/health` answer with that status (default 200).
 - `GET /_admin/stats`: capacity-mode statistics (busy fraction of C slots, queue waits, served count).
@@ -225,13 +229,19 @@ def create_app(state: StandinState) -> Starlette:
             return JSONResponse(_error_body("body is not JSON", 400), status_code=400)
         if not isinstance(body, dict) or not isinstance(body.get("messages"), list) or not body["messages"]:
             return JSONResponse(_error_body("messages must be a non-empty list", 400), status_code=400)
-        state.requests.append(
-            {
-                "body": body,
-                "headers": {k.lower(): v for k, v in request.headers.items()},
-                "received_at": time.time(),
-            }
-        )
+        record: dict[str, Any] = {
+            "body": body,
+            "headers": {k.lower(): v for k, v in request.headers.items()},
+            "received_at": time.time(),
+            "finished_at": None,
+            "outcome": None,
+        }
+        state.requests.append(record)
+
+        def finish(outcome: str) -> None:
+            if record["outcome"] is None:
+                record["finished_at"], record["outcome"] = time.time(), outcome
+
         prompt = _prompt_text(body)
         rule = state.pick(prompt)
         cached = state.cached_prefix_tokens(prompt)
@@ -242,6 +252,7 @@ def create_app(state: StandinState) -> Starlette:
                 await asyncio.sleep(rule.delay_s)
             headers = {"retry-after": f"{rule.retry_after:g}"} if rule.retry_after is not None else {}
             message = rule.error_message or f"[standin] scripted error {rule.status}"
+            finish("error")
             return JSONResponse(_error_body(message, rule.status), status_code=rule.status, headers=headers)
 
         model = body.get("model") or state.model
@@ -276,6 +287,7 @@ def create_app(state: StandinState) -> Starlette:
 
         if not body.get("stream"):
             await generate()
+            finish("completed")
             message: dict[str, Any] = {"role": "assistant", "content": rule.content}
             message["reasoning_content"] = rule.reasoning_content
             return JSONResponse(
@@ -302,17 +314,28 @@ def create_app(state: StandinState) -> Starlette:
             return f"data: {json.dumps(chunk)}\n\n"
 
         async def stream() -> AsyncIterator[str]:
+            # Starlette cancels this generator when the client disconnects (also during the delay), so the
+            # `finally` sees a stream the client closed before its end.
+            try:
+                async for chunk in stream_frames():
+                    yield chunk
+            finally:
+                finish("closed_by_client")
+
+        async def stream_frames() -> AsyncIterator[str]:
             await generate()
             yield frame({"role": "assistant", "content": ""})
             for piece in _pieces(rule.reasoning_content or ""):
                 yield frame({"reasoning_content": piece})
             for n, piece in enumerate(_pieces(rule.content)):
                 if rule.stream_error_after is not None and n >= rule.stream_error_after:
+                    finish("stream_error")
                     error = _error_body("[standin] generation aborted mid-stream", 500)
                     yield f"data: {json.dumps(error)}\n\n"
                     yield "data: [DONE]\n\n"
                     return
                 yield frame({"content": piece})
+            finish("completed")  # the whole answer is out: what follows is bookkeeping (finish reason, usage)
             yield frame({}, rule.finish_reason)
             if include_usage:
                 tail = {
