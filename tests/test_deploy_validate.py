@@ -155,23 +155,38 @@ def _custom_schema(obj: dict[str, Any]) -> dict[str, Any] | None:
     return json.loads(path.read_text()) if path.exists() else None
 
 
+_VALID: set[str] = set()  # objects already found valid (the overlays share most of theirs): validated once
+
+
 def problems(objects: list[dict[str, Any]]) -> list[str]:
     """Every schema violation of the rendered objects, for each supported Kubernetes version."""
     found = []
     for obj in objects:
+        key = json.dumps(obj, sort_keys=True)
+        if key in _VALID:
+            continue
+        before = len(found)
         name = f"{obj.get('kind')}/{obj.get('metadata', {}).get('name')}"
         custom = _custom_schema(obj)
         if custom is not None:
             validator = jsonschema.Draft202012Validator(custom)
             found += [f"{name}: {error.message} at {list(error.path)}" for error in validator.iter_errors(obj)]
-            continue
-        for version in KUBERNETES_VERSIONS:
-            try:
-                kubernetes_validate.validate(obj, version, strict=True)
-            except kubernetes_validate.ValidationError as error:
-                found.append(f"{name} (Kubernetes {version}): {error.message} at {list(error.path)}")
-            except kubernetes_validate.SchemaNotFoundError:
-                found.append(f"{name}: no schema (add one to deploy/k8s/schemas)")
+        else:
+            found += _kubernetes_problems(obj, name)
+        if len(found) == before:
+            _VALID.add(key)
+    return found
+
+
+def _kubernetes_problems(obj: dict[str, Any], name: str) -> list[str]:
+    found = []
+    for version in KUBERNETES_VERSIONS:
+        try:
+            kubernetes_validate.validate(obj, version, strict=True)
+        except kubernetes_validate.ValidationError as error:
+            found.append(f"{name} (Kubernetes {version}): {error.message} at {list(error.path)}")
+        except kubernetes_validate.SchemaNotFoundError:
+            found.append(f"{name}: no schema (add one to deploy/k8s/schemas)")
     return found
 
 
