@@ -14,6 +14,7 @@ a round started, the retrieved proofs it uses, Lean's verdict and first error; t
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import time
@@ -185,10 +186,13 @@ class OpenAIServingChat:
             # After the 200 an error can only travel in the stream: one data frame with the envelope, then [DONE].
             logger.warning("job %s: chat stream failed: %s", chat.job_id, exc)
             yield frames.error(exc)
-        except BaseException:  # the client left: the response task was cancelled (or the stream closed)
+        except (asyncio.CancelledError, GeneratorExit):  # the client left: Starlette cancelled the response
             if not finished:
                 await self.abandon(chat)
             raise
+        except Exception as exc:
+            logger.exception("job %s: chat stream failed", chat.job_id)
+            yield frames.error(exc)
         yield "data: [DONE]\n\n"
 
 
@@ -224,8 +228,10 @@ class _Frames:
     def error(self, exc: Exception) -> str:
         if isinstance(exc, RequestError):
             error = {"message": exc.message, "type": exc.type, "param": exc.param, "code": exc.code}
-        else:
+        elif isinstance(exc, OproverError | redis.exceptions.RedisError):
             error = {"message": str(exc), "type": "service_unavailable", "param": None, "code": "unavailable"}
+        else:
+            error = {"message": "internal server error", "type": "server_error", "param": None, "code": None}
         return self._frame({"error": error})
 
 
