@@ -40,6 +40,7 @@ GENERATION_S = 8.0  # the stand-in generator, per completion
 CHECK_S = 7.0  # the stand-in REPL, per check
 IMPORT_S = 3.0  # the stand-in REPL, per start (importing the header)
 QUIET_S = 66.0  # one check that long: more than a minute without an event on the job's stream
+QUIET_MESSAGE = "linarith failed after a long search"  # what that check answers; the repair round reads it
 SHIPPED_CONCURRENCY = 64  # OPROVER_GENERATOR_CONCURRENCY's default, which `oprover up` uses
 REDIS_DB = 14  # tests/conftest.py keeps 13-15 for module-scoped services
 
@@ -74,12 +75,14 @@ VERIFY_FAIL = _proof(_statement("rt_verify_fail"), "exact REALTIME_FAIL h")
 LOAD_MARK = "rt_load_"  # theorems that never get a proof: their completions hold no Lean code (verdict no_code)
 
 LEAN_RULES: list[dict[str, Any]] = [
-    {"match": "QUIET_MINUTE", "outcome": "pass", "check_s": QUIET_S},
+    {"match": "QUIET_MINUTE", "outcome": "error", "message": QUIET_MESSAGE, "check_s": QUIET_S},
     {"match": "REALTIME_PASS", "outcome": "pass"},
     {"match": "REALTIME_FAIL", "outcome": "error", "message": "linarith failed to find a contradiction"},
 ]
 GENERATOR_RULES: list[dict[str, Any]] = [
     {"match": _target(WAIT), "content": _completion(_proof(WAIT, "exact REALTIME_PASS h")), "delay_s": GENERATION_S},
+    # The quiet job: round 1 fails after a long check; the repair round (its prompt holds Lean's message) passes.
+    {"match": QUIET_MESSAGE, "content": _completion(_proof(QUIET, "exact REALTIME_PASS h")), "delay_s": GENERATION_S},
     {"match": _target(QUIET), "content": _completion(_proof(QUIET, "exact QUIET_MINUTE h")), "delay_s": GENERATION_S},
     # Long enough that only an abort ends it within the test.
     {"match": _target(CANCEL), "content": _completion(_proof(CANCEL, "exact REALTIME_PASS h")), "delay_s": 900},
@@ -328,17 +331,29 @@ def test_event_stream_stays_open_through_a_quiet_minute_and_delivers_the_termina
     kinds = [kind for _, kind in events]
     assert broken is None, f"the stream broke ({type(broken).__name__}: {broken}) after {kinds}\n{log_since()[-3000:]}"
     assert kinds[-1:] == ["job.proved"], f"the stream ended after {kinds}, without the terminal event"
-    assert kinds[0] == "job.created"
-    assert "attempt.generated" in kinds and "attempt.verified" in kinds
+    assert kinds == [
+        "job.created",
+        "job.running",
+        "attempt.generated",
+        "attempt.verified",  # round 1: fail, after the long check
+        "attempt.generated",
+        "attempt.verified",  # round 2: pass
+        "job.proved",
+    ], kinds
 
-    # The quiet period: the Lean check of QUIET_S seconds, between attempt.generated and attempt.verified.
+    # The quiet period: round 1's Lean check of QUIET_S seconds, between attempt.generated and attempt.verified.
     gap, start, end = max((b - a, a, b) for (a, _), (b, _) in itertools.pairwise(events))
+    assert (start, end) == (events[2][0], events[3][0]), "the longest silence was not round 1's check"
     assert gap > 60, f"no quiet minute on the stream: the longest gap between events was {gap:.1f} s"
     pings = [at for at in comments if start < at < end]
     assert len(pings) >= 3, f"{len(pings)} keep-alive comments in a quiet period of {gap:.0f} s"
-    arrivals = sorted([start, *pings, end])
+    arrivals = [at for at, line in lines if line]
     silent = max(b - a for a, b in itertools.pairwise(arrivals))
     assert silent < 25, f"the stream carried nothing for {silent:.0f} s (a proxy would close it)"
+    with service.client() as client:
+        final = client.get(f"/v1/prove/{job['id']}").json()
+    assert [(a["round"], a["verdict"]) for a in final["attempts"]] == [(1, "fail"), (2, "pass")]
+    assert final["attempts"][0]["timings"]["verify_ms"] >= QUIET_S * 1000
     _assert_clean(log_since())
 
 
