@@ -15,7 +15,9 @@ from services.errors import InvalidStatement
 
 @dataclass(frozen=True)
 class LexProblem:
-    """A spot where this lexer cannot be sure it reads the text as Lean does (callers reject such code)."""
+    """A spot where this lexer cannot be sure it reads the text as Lean does, or where Lean's own lexer stops with
+    an error (after which Lean's error recovery resumes at a position of its choosing and may read what follows
+    differently). Callers reject such code."""
 
     start: int
     end: int
@@ -28,184 +30,352 @@ class Lexed:
     problems: tuple[LexProblem, ...]
 
 
-def _letter_like(c: str) -> bool:
-    """Lean's `isLetterLike` (Init/Meta.lean): Greek except λ Π Σ, Coptic, Greek Extended, letter-like symbols."""
-    v = ord(c)
-    return (
-        (0x3B1 <= v <= 0x3C9 and v != 0x3BB)
-        or (0x391 <= v <= 0x3A9 and v not in (0x3A0, 0x3A3))
-        or 0x3CA <= v <= 0x3FB
-        or 0x1F00 <= v <= 0x1FFE
-        or 0x2100 <= v <= 0x214F
-        or 0x1D49C <= v <= 0x1D59F
-    )
-
-
-def _subscript_alnum(c: str) -> bool:
-    v = ord(c)
-    return 0x2080 <= v <= 0x2089 or 0x2090 <= v <= 0x209C or 0x1D62 <= v <= 0x1D6A or v == 0x2C7C
+# Lean's character classes (Init/Meta.lean) as regex classes, so the lexer can take a whole run at once.
+# `isLetterLike`: Greek except λ Π Σ, Coptic, Greek Extended, letter-like symbols, mathematical alphanumerics.
+_LETTER_LIKE = (
+    "\u03b1-\u03ba\u03bc-\u03c9\u0391-\u039f\u03a1\u03a2\u03a4-\u03a9\u03ca-\u03fb\u1f00-\u1ffe\u2100-\u214f"
+    "\U0001d49c-\U0001d59f"
+)
+_SUBSCRIPT_ALNUM = "\u2080-\u2089\u2090-\u209c\u1d62-\u1d6a\u2c7c"
+ID_FIRST = "A-Za-z_" + _LETTER_LIKE  # `isIdFirst` (`Char.isAlpha` is ASCII only)
+ID_REST = ID_FIRST + "0-9'!?" + _SUBSCRIPT_ALNUM  # `isIdRest`
+_ID_FIRST_RE = re.compile(f"[{ID_FIRST}]")
+_ID_REST_RE = re.compile(f"[{ID_REST}]")
+# One identifier of plain parts joined by `.` (a `«…»` part is handled by hand).
+_PLAIN_IDENT = re.compile(f"[{ID_FIRST}][{ID_REST}]*(?:\\.[{ID_FIRST}][{ID_REST}]*)*")
+# The next character (pair) that starts something the lexer must look at. Not preceded by an identifier
+# character: within an identifier (or a number, which `code` handles itself) `'`, `r` and digits start nothing.
+_COMMENT_MARK = re.compile(r"-/|/-")
+_NOT_NEWLINE = re.compile(r"[^\n]")
+_NEXT = re.compile(f'(?<![{ID_REST}])(?:\'|r(?=#*")|[0-9])|--|/-|["`«{{}}]')
 
 
 def is_id_first(c: str) -> bool:
     """Lean's `isIdFirst`: ASCII letters (`Char.isAlpha` is ASCII only), `_`, letter-like symbols."""
-    return ("a" <= c <= "z") or ("A" <= c <= "Z") or c == "_" or _letter_like(c)
+    return _ID_FIRST_RE.match(c) is not None
 
 
 def is_id_rest(c: str) -> bool:
     """Lean's `isIdRest`."""
-    return is_id_first(c) or ("0" <= c <= "9") or c in "'!?" or _subscript_alnum(c)
+    return _ID_REST_RE.match(c) is not None
 
 
-# Characters that change how the text after them is lexed (used to spot ambiguous character literals).
-_SIGNIFICANT = set("\"'«»{}-/`\\")
-_CHAR_LITERAL = re.compile(r"'(\\(?:x[0-9a-fA-F]{2}|u[0-9a-fA-F]{4}|.)|[^\\'\n])'")
-_NUMBER = re.compile(r"0[xX][0-9a-fA-F]+|0[bB][01]+|0[oO][0-7]+|[0-9]+(?:\.[0-9]+)?(?:[eE][+-]?[0-9]+)?")
-_RAW_START = re.compile(r"r(#*)\"")
+_DIGITS = "0123456789"
+_HEX = "0123456789abcdefABCDEF"
+# `isQuotableCharDefault`: the characters a `\` escape may name directly (also `x` + 2 hex, `u` + 4 hex).
+_QUOTABLE = "\\\"'rnt"
+# Single-character tokens after which a `'` surely starts a new token (no notation token begins with them and
+# continues with `'`). After any other symbol the token table decides (`∑'`, `⁻¹'`, `×'` are tokens).
+_PUNCT = set("()[]{}⟨⟩,;")
+# Interpolated strings nested deeper than this inside `{…}` are not followed (rejected): it bounds the work.
+MAX_INTERPOLATION_DEPTH = 8
+
+
+def _plain_char(c: str) -> bool:
+    """A character that reads the same whether or not the `'` before it starts a character literal: an identifier
+    start (swallowed with the `'` into one identifier) or a symbol that is neither a quote, a comment or bracket
+    delimiter, whitespace nor a digit (after which a `'` would be a token start in one reading only)."""
+    if is_id_first(c):
+        return True
+    return not (c.isspace() or c in _DIGITS or c in "\"'`«»{}-/\\" or c in _PUNCT)
 
 
 class _Lexer:
-    """Lean 4's lexer, as far as it decides what is code: `whitespace`/`finishCommentBlock` (comments),
-    `strLitFnAux`/`interpolatedStrFn` (strings), `rawStrLitFnAux`, `charLitFnAux`, `identFnAux` (`«»`)."""
+    """Lean 4's lexer (`Lean/Parser/Basic.lean`), as far as it decides what is code: `whitespace` and
+    `finishCommentBlock` (comments), `strLitFnAux`/`quotedStringFn` and `interpolatedStrFn` (strings),
+    `rawStrLitFnAux`, `charLitFnAux`/`quotedCharFn`, `numberFnAux`, `identFnAux` (`«»` parts), name literals.
+
+    It records the spans to blank (comments; literal contents) and the problems; the blanked text is built once
+    at the end, so the work is linear in the input."""
 
     def __init__(self, text: str, strings: bool) -> None:
         self.text = text
         self.n = len(text)
-        self.out = list(text)
+        self.spans: list[tuple[int, int]] = []
         self.strings = strings
         self.problems: list[LexProblem] = []
+        # Once one string's two readings disagreed the code is rejected; later strings are read plainly only,
+        # which keeps the work linear however the strings are laid out.
+        self.try_interpolation = True
 
     def blank(self, start: int, end: int) -> None:
-        for k in range(start, min(end, self.n)):
-            if self.out[k] != "\n":
-                self.out[k] = " "
+        if end > start:
+            self.spans.append((start, min(end, self.n)))
 
     def problem(self, start: int, end: int, why: str) -> None:
         self.problems.append(LexProblem(start, min(max(end, start), self.n), why))
 
-    def code(self, i: int, *, until_brace: bool = False) -> int:
-        """Lex code from `i`; with `until_brace`, stop at (and return the offset of) an unmatched `}`."""
-        text, n = self.text, self.n
-        depth = 0
-        while i < n:
-            c = text[i]
-            if c == "-" and text.startswith("--", i):
-                end = text.find("\n", i)
-                end = n if end == -1 else end
-                self.blank(i, end)
-                i = end
-            elif c == "/" and text.startswith("/-", i):
-                # `/-` then one more character that is never looked at (`/--`, `/-!`: doc comments, whose
-                # body starts after that character too): the body starts 3 characters after the `/`.
-                j = self.comment_end(i + 3)
-                self.blank(i, j)
-                i = j
-            elif c == '"':
-                i = self.string(i)
-            elif c == "r" and (m := _RAW_START.match(text, i)):
-                closing = '"' + m.group(1)
-                end = text.find(closing, m.end())
-                end = n if end == -1 else end
-                if self.strings:
-                    self.blank(m.end(), end)
-                i = end + len(closing)
-            elif c == "'":
-                i = self.char(i)
-            elif c == "«" or is_id_first(c):
-                i = self.ident(i)
-            elif "0" <= c <= "9":
-                m = _NUMBER.match(text, i)
-                i = m.end() if m else i + 1
-            elif c == "{":
-                depth += 1
-                i += 1
-            elif c == "}":
-                if until_brace and depth == 0:
-                    return i
-                depth = max(0, depth - 1)
-                i += 1
-            else:
-                i += 1
-        return n
+    def result(self) -> Lexed:
+        pieces, done = [], 0
+        for start, end in sorted(self.spans):
+            start = max(start, done)
+            if end <= start:
+                continue
+            pieces.append(self.text[done:start])
+            pieces.append(_NOT_NEWLINE.sub(" ", self.text[start:end]))
+            done = end
+        pieces.append(self.text[done:])
+        return Lexed("".join(pieces), tuple(self.problems))
 
-    def comment_end(self, j: int) -> int:
-        """`finishCommentBlock` at nesting 1 from `j`: the offset just after the closing `-/` (or the end)."""
+    # -- code ------------------------------------------------------------------------------------------------------
+    def code(self, i: int, *, until_brace: bool = False, depth: int = 0) -> int:
+        """Lex code from `i`; with `until_brace`, stop at (and return the offset of) an unmatched `}`.
+
+        `_NEXT` skips whitespace, symbols and identifiers (at C speed; inside an identifier a `'`, a digit or an
+        `r` starts nothing) to the next character that starts something: a comment, a literal, a `«` name, a
+        brace, a number."""
         text, n = self.text, self.n
-        depth = 1
-        while j < n:
-            if text.startswith("-/", j):
-                depth -= 1
-                j += 2
-                if depth == 0:
+        braces = 0
+        boundary = i  # a position where a new token surely starts (after a complete token or comment)
+        while True:
+            if i == boundary and i < n and (text[i] == "'" or (text[i] == "r" and self.raw_string_start(i))):
+                j, token = i, text[i]  # right after a number, a literal or a comment: a token starts here
+            else:
+                match = _NEXT.search(text, i)
+                if match is None:
+                    return n
+                j, token = match.start(), match.group(0)
+            c = token[0]
+            if c == "r":
+                i = self.raw_string(j)
+            elif token == "--":
+                if j and text[j - 1] == "<":
+                    self.problem(j - 1, j + 2, "`<--` (Lean may read the token `<-` then `-`, no comment)")
+                end = text.find("\n", j)
+                end = n if end == -1 else end
+                self.blank(j, end)
+                i = end
+            elif token == "/-":
+                if j and text[j - 1] == "/":
+                    self.problem(j - 1, j + 2, "`//-` (Lean may read the token `//` then `-`, no comment)")
+                # `whitespace` skips the character after `/-` unread (`/--` and `/-!` are doc comments, whose body
+                # `finishCommentBlock` also starts after that character): the body starts 3 characters after `/`.
+                end = self.comment_end(j + 3)
+                if end is None:
+                    self.problem(j, n, "an unterminated comment")
+                    end = n
+                self.blank(j, end)
+                i = end
+            elif c == '"':
+                i = self.string(j, depth)
+            elif c == "'":
+                at_token_start = j == boundary or j == 0 or text[j - 1].isspace() or text[j - 1] in _PUNCT
+                i = self.char(j, at_token_start=at_token_start)
+            elif c == "`":
+                i = self.ident(j + 1) if j + 1 < n and (text[j + 1] == "«" or is_id_first(text[j + 1])) else j + 1
+            elif c == "«":
+                i = self.ident(j)
+            elif c == "{":
+                braces += 1
+                i = j + 1
+            elif c == "}":
+                if until_brace and braces == 0:
                     return j
-            elif text.startswith("/-", j):
-                depth += 1
-                j += 2
+                braces = max(0, braces - 1)
+                i = j + 1
+            else:  # a digit
+                i = self.number(j)
+            boundary = i
+
+    def comment_end(self, j: int) -> int | None:
+        """`finishCommentBlock` at nesting 1 from `j`: the offset just after the closing `-/` (None: unterminated).
+        Lean scans character by character for `-/` (close) and `/-` (open); the leftmost match is the same."""
+        depth = 1
+        for match in _COMMENT_MARK.finditer(self.text, j):
+            depth += 1 if match.group(0) == "/-" else -1
+            if depth == 0:
+                return match.end()
+        return None
+
+    # -- literals ----------------------------------------------------------------------------------------------
+    def escape(self, j: int, *, in_string: bool, interpolated: bool = False) -> tuple[int, str]:
+        """`quotedCharCoreFn` at `j` (just after a `\\`): (offset after the escape, error or "")."""
+        text, n = self.text, self.n
+        if j >= n:
+            return n, "an escape at the end of the text"
+        c = text[j]
+        if c in _QUOTABLE or (interpolated and c == "{"):
+            return j + 1, ""
+        if c in "xu":
+            count = 2 if c == "x" else 4
+            digits = text[j + 1 : j + 1 + count]
+            if len(digits) == count and all(d in _HEX for d in digits):
+                return j + 1 + count, ""
+            return j + 1, "an invalid `\\x`/`\\u` escape"
+        if in_string and c == "\n":
+            # a string gap: `\`, newline, then whitespace; a second newline is an error
+            k = j + 1
+            while k < n and text[k].isspace():
+                if text[k] == "\n":
+                    return k, "a second newline in a string gap"
+                k += 1
+            return k, ""
+        return j, "an invalid escape sequence"
+
+    def plain_string_end(self, i: int, *, interpolated: bool = False) -> tuple[int, str]:
+        """The offset of the closing `"` of the string opening at `i` read without interpolation, and the error
+        (`strLitFnAux`), if any, with the offset where Lean stops."""
+        text, n = self.text, self.n
+        j = i + 1
+        while j < n:
+            c = text[j]
+            if c == '"':
+                return j, ""
+            if c == "\\":
+                j, error = self.escape(j + 1, in_string=True, interpolated=interpolated)
+                if error:
+                    return j, error
             else:
                 j += 1
-        return n
+        return n, "an unterminated string literal"
 
-    def string(self, i: int) -> int:
+    def string(self, i: int, depth: int) -> int:
         """A string literal at `i`. Whether it is interpolated (`s!"…{e}…"`, `m!`, `throwError`, …) depends on the
         syntax around it, so both readings are tried: the `{…}` parts stay visible as code, and a string whose
         end differs between the two readings is a problem."""
         text, n = self.text, self.n
-        plain = i + 1
-        has_brace = False
-        while plain < n and text[plain] != '"':
-            if text[plain] == "{":
-                has_brace = True
-            plain += 2 if text[plain] == "\\" else 1
+        plain, error = self.plain_string_end(i)
+        has_brace = "{" in text[i + 1 : plain]
+        if error and not has_brace:
+            self.problem(i, plain + 1, error)
+            self.blank(i + 1, plain)
+            return min(plain + 1, n)
         if not has_brace:
             if self.strings:
                 self.blank(i + 1, plain)
             return plain + 1
-        # the interpolated reading, with the code inside `{…}` lexed (and its comments/strings blanked) for real
-        saved = list(self.out)
-        saved_problems = len(self.problems)
+        if not self.try_interpolation or depth >= MAX_INTERPOLATION_DEPTH:
+            self.problem(i, plain + 1, "a string literal whose end depends on whether it is interpolated")
+            self.try_interpolation = False
+            return min(plain + 1, n)
+        # the interpolated reading (`interpolatedStrFn`), with the code inside `{…}` lexed for real
+        spans_before, problems_before = len(self.spans), len(self.problems)
         j = i + 1
         segments: list[tuple[int, int]] = []  # string parts, blanked at the end
         seg = j
+        interpolation_error = ""
         while j < n and text[j] != '"':
             if text[j] == "\\":
-                j += 2
+                j, interpolation_error = self.escape(j + 1, in_string=True, interpolated=True)
+                if interpolation_error:
+                    break
             elif text[j] == "{":
                 segments.append((seg, j))
-                j = self.code(j + 1, until_brace=True) + 1
+                j = self.code(j + 1, until_brace=True, depth=depth + 1) + 1
                 seg = j
             else:
                 j += 1
         segments.append((seg, min(j, n)))
-        if j != plain:
-            self.out = saved
-            del self.problems[saved_problems:]
+        if j != plain or error or interpolation_error:
+            del self.spans[spans_before:]
+            del self.problems[problems_before:]
+            self.try_interpolation = False
             self.problem(i, max(j, plain) + 1, "a string literal whose end depends on whether it is interpolated")
-            return min(j, plain) + 1
+            return min(min(j, plain) + 1, n)
         if self.strings:
             for a, b in segments:
                 self.blank(a, b)
         return j + 1
 
-    def char(self, i: int) -> int:
-        """`'`: a character literal when at a token start (Lean: `'` not followed by `'`), else part of a token
-        (`h'` is consumed with its identifier; `''`, `∑'`, `⁻¹'` are symbols)."""
-        text = self.text
-        m = _CHAR_LITERAL.match(text, i)
-        if not m:
-            return i + 1
-        prev = text[i - 1] if i else " "
-        if not (prev.isspace() or prev in "([{⟨,"):
-            # after a symbol, `'` may end a notation token (`∑'`, `⁻¹'`, `×'`): then it is no literal at all
-            if any(ch in _SIGNIFICANT for ch in m.group(1)) or (m.end() < self.n and is_id_rest(text[m.end()])):
-                self.problem(i, m.end(), "a character literal right after a symbol (lexing is ambiguous)")
-            return i + 1
+    def char(self, i: int, *, at_token_start: bool) -> int:
+        """`'` (`tokenFnAux`): at a token start and not followed by `'`, a character literal (`charLitFnAux`: any
+        one character, a raw newline included, or an escape, then `'`); `''` is a token (`f '' s`). After a
+        symbol the `'` may end a notation token (`∑'`, `⁻¹'`) instead: then the reading is ambiguous unless both
+        readings agree on what follows."""
+        text, n = self.text, self.n
+        if i + 1 < n and text[i + 1] == "'":
+            return i + 2
+        # the literal reading
+        if i + 1 >= n:
+            end, error = n, "a character literal at the end of the text"
+        elif text[i + 1] == "\\":
+            end, error = self.escape(i + 2, in_string=False)
+        else:
+            end, error = i + 2, ""
+        if not error and (end >= n or text[end] != "'"):
+            error = "a character literal without its closing `'`"
+        if at_token_start:
+            if error:
+                self.problem(i, min(end + 1, n), error)
+                return min(end, n)
+            if self.strings:
+                self.blank(i + 1, end)
+            return end + 1
+        # after a symbol: this lexer reads the `'` as part of the symbol. Reject when the other reading (a literal
+        # `'c'`) would change what follows: a significant content, or an identifier character right after it.
+        if not error and (
+            any(not _plain_char(ch) for ch in text[i + 1 : end]) or (end + 1 < n and is_id_rest(text[end + 1]))
+        ):
+            self.problem(i, end + 1, "a character literal right after a symbol (lexing is ambiguous)")
+        return i + 1
+
+    def raw_string_start(self, i: int) -> bool:
+        """`isRawStrLitStart` after `r`: `#`* then `"`."""
+        j = i + 1
+        while j < self.n and self.text[j] == "#":
+            j += 1
+        return j < self.n and self.text[j] == '"'
+
+    def raw_string(self, i: int) -> int:
+        """`rawStrLitFnAux`: `r`, k `#`s, `"`, then up to the first `"` followed by k `#`s."""
+        text, n = self.text, self.n
+        hashes = 0
+        j = i + 1
+        while text[j] == "#":
+            hashes += 1
+            j += 1
+        closing = '"' + "#" * hashes
+        end = text.find(closing, j + 1)
+        if end == -1:
+            self.problem(i, n, "an unterminated raw string literal")
+            self.blank(j + 1, n)
+            return n
         if self.strings:
-            self.blank(i + 1, m.end() - 1)
-        return m.end()
+            self.blank(j + 1, end)
+        return end + len(closing)
+
+    def number(self, i: int) -> int:
+        """`numberFnAux`: `0b`/`0o`/`0x` literals, decimals with an optional `.digits` and exponent."""
+        text, n = self.text, self.n
+
+        def digits(j: int, allowed: str) -> int:
+            while j < n and (text[j] in allowed or text[j] == "_"):
+                j += 1
+            return j
+
+        if text[i] == "0" and i + 1 < n and text[i + 1] in "bBoOxX":
+            allowed = {"b": "01", "o": "01234567", "x": _HEX}[text[i + 1].lower()]
+            j = digits(i + 2, allowed)
+            if j == i + 2:
+                self.problem(i, j, "a number literal without digits")
+            return j
+        j = digits(i, _DIGITS)
+        if j < n and text[j] in ".eE":
+            if text[j] == ".":
+                j += 1
+                if j < n and text[j] in _DIGITS:
+                    j = digits(j, _DIGITS)
+            if j < n and text[j] in "eE":
+                k = j + 1
+                if k < n and text[k] in "+-":
+                    k += 1
+                if k < n and text[k] in _DIGITS:
+                    return digits(k, _DIGITS)
+                self.problem(i, k, "a scientific literal without exponent digits")
+                return k
+        return j
 
     def ident(self, i: int) -> int:
         """`identFnAux`: parts `«…»` or idFirst idRest*, joined by `.` when a part follows."""
         text, n = self.text, self.n
         while i < n:
+            plain = _PLAIN_IDENT.match(text, i)
+            if plain is not None:
+                i = plain.end()
+                if not (i + 1 < n and text[i] == "." and text[i + 1] == "«"):
+                    return i
+                i += 1
+                continue
             if text[i] == "«":
                 end = text.find("»", i + 1)
                 if end == -1:
@@ -227,10 +397,10 @@ class _Lexer:
 
 def lex(text: str, *, strings: bool = True) -> Lexed:
     """Blank comments (and, with `strings`, string/char literal contents) keeping every offset, and report the
-    places where the reading may differ from Lean's (see `_Lexer`)."""
+    places where the reading may differ from Lean's or Lean's lexer fails (see `_Lexer`)."""
     lexer = _Lexer(text, strings)
     lexer.code(0)
-    return Lexed("".join(lexer.out), tuple(lexer.problems))
+    return lexer.result()
 
 
 def blank_comments_and_strings(text: str, *, strings: bool = True) -> str:

@@ -46,11 +46,21 @@ def test_clean_code_is_not_flagged(code) -> None:
     [
         ("theorem t (a b : ℕ) (h : a < b) : a ≤ b\n  | _ => sorry", "sorry"),
         ("theorem t (a b : ℕ) (h : a < b) : a ≤ b\n  | 0, _ => by omega", "cannot find the `:=`"),
-        ("open Foo\ntheorem t (a b : ℕ) (h : a < b) : a ≤ b := by omega", "`open`"),
-        ("import Mathlib.Tactic\ntheorem t (a b : ℕ) (h : a < b) : a ≤ b := by omega", "`import` outside"),
+        ("namespace Foo\ntheorem t (a b : ℕ) (h : a < b) : a ≤ b := by omega", "`namespace`"),
+        ("import Cheat\ntheorem t (a b : ℕ) (h : a < b) : a ≤ b := by omega", "`import Cheat` is not loaded"),
         ("theorem t (a b : ℕ) (h : a < b) : a ≤ b := by decide (config := {native := true})", "`native`"),
+        ("set_option pp.maxSteps 5\ntheorem t (a b : ℕ) (h : a < b) : a ≤ b := by omega", "`set_option pp.maxSteps`"),
+        ("set_option trace.Meta.synthInstance true in\ntheorem t (a b : ℕ) (h : a < b) : a ≤ b := by omega", "`set_"),
     ],
-    ids=["sorry-in-equations", "equation-compiler", "open-before", "import", "native-config"],
+    ids=[
+        "sorry-in-equations",
+        "equation-compiler",
+        "namespace-before",
+        "import",
+        "native-config",
+        "printing-option-that-hides",
+        "option-not-allowed-before-target",
+    ],
 )
 def test_violations(code, rule) -> None:
     assert any(rule in found for found in rules(code))
@@ -123,7 +133,7 @@ def test_axioms_answer(data, expected) -> None:
         "theorem t (a b : ℕ) (h : a < b) : a ≤ b := by omega",
         "@[simp] lemma aux (n : ℕ) : n + 0 = n := rfl\n\ntheorem t (a b : ℕ) (h : a < b) : a ≤ b := by omega",
         "theorem t (a b : ℕ) (h : a < b) : a ≤ b := by\n  cases' le_total a b with h' h'' <;> omega",
-        "theorem t (a b : ℕ) (h : a < b) : a ≤ b := by\n  -- `theorem` in a comment, #eval too\n  omega",
+        "theorem t (a b : ℕ) (h : a < b) : a ≤ b := by\n  -- `theorem` in a comment, #check too\n  omega",
     ],
     ids=["open-in-tactic", "set-option-in-tactic", "open-in-term", "doc-comment", "heartbeats-prefix", "simp-helper",
          "primes", "comment-mentions-commands"],
@@ -153,18 +163,18 @@ def test_helpers_and_target_are_separate_commands_in_one_coordinate_system() -> 
 @pytest.mark.parametrize(
     ("code", "rule"),
     [
-        ("lemma aux : True := trivial instance : LT ℕ := ⟨fun _ _ => True⟩\n" + STATEMENT[:-6] + " omega", "instance"),
+        ("lemma aux : True := trivial local instance : LT ℕ := ⟨fun _ _ => True⟩\n" + STATEMENT[:-6] + " omega", "loc"),
         ("theorem t (a b : ℕ) (h : a < b) : a ≤ b := by\n  omega\ntheorem\n  t' : True := trivial", "a command after"),
         ("theorem t (a b : ℕ) (h : a < b) : a ≤ b := by\n  omega\nlemma «t» : True := trivial", "more than once"),
         ("theorem t (a b : ℕ) (h : a < b) : a ≤ b := by\n  #guard_msgs in omega", "`#` commands"),
         ("theorem t (a b : ℕ) (h : a < b) : a ≤ b := by\n  exact (IO.println \"\" |> fun _ => h.le)", "meta"),
         ("@[init] def x : Nat := 0\ntheorem t (a b : ℕ) (h : a < b) : a ≤ b := by omega", "attribute `init`"),
         ("@[my_parser] def x : Nat := 0\ntheorem t (a b : ℕ) (h : a < b) : a ≤ b := by omega", "attribute"),
-        ("theorem t (a b : ℕ) (h : a < b) : a ≤ b := by\n  decide +kernel", "`decide` with options"),
+        ("theorem t (a b : ℕ) (h : a < b) : a ≤ b := by\n  decide +native", "`native`"),
         ("theorem t (a b : ℕ) (h : a < b) : a ≤ b := by\n  exact (by_elab pure (Lean.mkConst ``h))", "`by_elab`"),
     ],
-    ids=["instance-mid-line", "body-theorem", "body-guillemet-name", "guard-msgs", "io", "init-attr", "parser-attr",
-         "decide-options", "by-elab"],
+    ids=["local-instance-mid-line", "body-theorem", "body-guillemet-name", "guard-msgs", "io", "init-attr",
+         "parser-attr", "decide-native", "by-elab"],
 )  # fmt: skip
 def test_more_violations(code, rule) -> None:
     assert any(rule in found for found in rules(code)), rules(code)

@@ -1,17 +1,19 @@
-"""The integrity policy before Lean (DESIGN §5 steps 1-2): the text policy and the imposed statement.
+"""The integrity policy before Lean: the text policy and the imposed statement (docs/lean.md, "How a check goes").
 
-Everything runs on `blank_comments_and_strings(code)`, which keeps every offset, so a violation's position is
-right in the model's original text. Dropped lines (repeats of the request header, `#print`/`#check`) are
-emptied, not removed, so line numbers never move.
+The text policy is defence in depth and a fast, explained `rejected` for what is obviously not an honest proof;
+what decides a pass is Lean's kernel (the checker's later steps), not these rules. It reads the code as Lean's own
+lexer does (`leantext.lex`; code it cannot be sure to read as Lean does is rejected) and runs on the blanked text,
+which keeps every offset, so a violation's position is right in the model's original text. Dropped lines (the
+request header's imports, `#print`/`#check`) are emptied, not removed, so line numbers never move.
 
 The text Lean compiles is composed, never trusted: the model's declarations before its target theorem (helper
-lemmas) as one command, then the requested statement exactly as the request gave it (`parse_statement(...).head`)
-and the model's proof body (everything after the `:=` of its own target) as a second command. `PositionMap` maps
-Lean's positions in both (they share one coordinate system) back to the model's code.
+lemmas, and a pasted file's own `set_option`/`open` lines) as one command, then the requested statement exactly as
+the request gave it (`parse_statement(...).head`) and the model's proof body (everything after the `:=` of its
+own target) as a second command. `PositionMap` maps Lean's positions in both (they share one coordinate system)
+back to the model's code.
 
-The lexer (`leantext.lex`) follows Lean's own, and code it cannot be sure to read as Lean does is rejected.
-Keywords are matched as tokens anywhere, not only at a line start; the checker's type check (`checker.py`) does
-not rely on any of this.
+The request's header gets a policy of its own (`header_violations`): it is sent to Lean as a command, so it may
+hold only imports, `open`s, allowed `set_option`s, `universe` and sections.
 """
 
 from __future__ import annotations
@@ -20,57 +22,110 @@ import re
 from dataclasses import dataclass, field
 
 from services.lean.protocol import LeanMessage, Pos
-from services.leantext import blank_comments_and_strings, is_id_first, is_id_rest, lex, parse_statement
+from services.leantext import (
+    ID_FIRST,
+    ID_REST,
+    blank_comments_and_strings,
+    is_id_first,
+    is_id_rest,
+    lex,
+    parse_statement,
+)
 
 STANDARD_AXIOMS = frozenset({"propext", "Classical.choice", "Quot.sound"})
+# Module roots that `import Mathlib` already brings in: a pasted file's `import Mathlib.Tactic` adds nothing.
+COVERED_BY_MATHLIB = ("Mathlib", "Aesop", "Batteries", "Lean", "Std", "Qq", "ProofWidgets", "Plausible", "Init")
+MAX_VIOLATIONS = 25  # reported per check (finding them all is linear; rendering each costs a pass over the code)
 
 # Left/right boundaries of a Lean token: identifiers hold letters (Unicode ones too), digits, `_`, `'`, `!`, `?`.
 _L = r"(?<![\w'!?])"
 _R = r"(?![\w'!?])"
 
-# Forbidden anywhere in the code: each (regex, why).
+# `#` commands (Lean, Batteries, Mathlib, Plausible, ProofWidgets). `#` followed by anything else is a term:
+# Mathlib's `#s` / `#{x ∈ s | p x}` (`Finset.card`), `#[…]` arrays.
+HASH_COMMANDS = frozenset(
+    {
+        "eval", "exit", "print", "check", "check_failure", "reduce", "synth", "guard_msgs", "guard", "guard_expr",
+        "guard_hyp", "guard_target", "help", "lint", "find", "simp", "dsimp", "norm_num", "conv", "whnf", "whnfR",
+        "explode", "where", "time", "count_heartbeats", "version", "test", "sample", "html", "widget", "leansearch",
+        "loogle", "moogle", "statesearch", "find_home", "minimize_imports", "min_imports", "import_path",
+        "list_linters", "instances", "kernel", "unfold", "push_neg", "norm_cast", "push_cast", "long_names",
+        "long_instances", "trans_imports", "exact", "expr", "adaptation_note", "defeq_abuse", "info_trees",
+        "compile", "reset", "show_unused", "parse", "eval!", "check_tactic", "check_simp", "discr_tree_key",
+        "discr_tree_simp_key", "gen_injective_theorems", "print_axioms", "help_option", "sorry_axioms", "noncomputable",
+    }
+)  # fmt: skip
+
+
+def _kw(words: str) -> str:
+    r"""A regex for any of the `|`-separated keywords as a whole token. The left boundary is a lookbehind after
+    the literal (`open(?<![\w'!?]open)`), so the regex engine can scan for the literal first."""
+    alternatives = "|".join(f"{w}(?<![\\w'!?]{w})" for w in words.split("|"))
+    return f"(?:{alternatives})(?![\\w'!?])"
+
+
+# Forbidden anywhere in the code (outside comments and strings) as an identifier or a component of one: why.
+FORBIDDEN_TOKENS: dict[str, str] = {
+    "sorry": "`sorry` leaves the proof unfinished",
+    "sorryAx": "`sorryAx` is sorry",
+    "admit": "`admit` leaves the proof unfinished",
+    "axiom": "a new `axiom` can prove anything",
+    "native_decide": "`native_decide` trusts compiled code (axiom Lean.ofReduceBool)",
+    "native": "`native` (`decide +native`, `native := …`) trusts compiled code",
+    **dict.fromkeys(("ofReduceBool", "ofReduceNat"), "`ofReduceBool` trusts compiled code"),
+    **dict.fromkeys(("reduceBool", "reduceNat", "trustCompiler"), "compiler-trusting primitives"),
+    "implemented_by": "`implemented_by` swaps in unchecked code",
+    "extern": "`extern` swaps in unchecked code",
+    "unsafe": "`unsafe` code is not checked by the kernel",
+    **dict.fromkeys(("run_cmd", "run_tac", "run_elab", "run_meta"), "`run_cmd`/`run_tac` run code while checking"),
+    "by_elab": "`by_elab` runs code while checking",
+    **dict.fromkeys(("initialize", "builtin_initialize"), "`initialize` runs code"),
+    **dict.fromkeys(("elab", "elab_rules"), "`elab` defines new elaborators"),
+    **dict.fromkeys(("macro", "macro_rules"), "`macro` rewrites syntax"),
+    "syntax": "`syntax` changes the grammar",
+    "declare_syntax_cat": "`declare_syntax_cat` changes the grammar",
+    **dict.fromkeys(
+        ("simproc", "dsimproc", "simproc_decl", "dsimproc_decl", "builtin_simproc", "builtin_dsimproc"),
+        "`simproc`/`dsimproc` run code in `simp`",
+    ),
+    **dict.fromkeys(("notation", "notation3"), "`notation` changes what text means"),
+    **dict.fromkeys(
+        ("infix", "infixl", "infixr", "prefix", "postfix"), "`infix`/`prefix`/`postfix` change what text means"
+    ),
+    **dict.fromkeys(("apply?", "exact?", "rw?"), "`apply?`/`exact?`/`rw?` are searches, not proofs"),
+    **dict.fromkeys(("include", "omit"), "`include`/`omit` bring `variable`s into a declaration"),
+}
+# Forbidden anywhere in the code, spanning more than one token: (regex, why).
 FORBIDDEN: tuple[tuple[str, str], ...] = (
-    (_L + r"sorry" + _R, "`sorry` leaves the proof unfinished"),
-    (_L + r"sorryAx" + _R, "`sorryAx` is sorry"),
-    (_L + r"admit" + _R, "`admit` leaves the proof unfinished"),
-    (_L + r"axiom" + _R, "a new `axiom` can prove anything"),
-    (_L + r"native_decide" + _R, "`native_decide` trusts compiled code (axiom Lean.ofReduceBool)"),
-    (_L + r"native" + _R, "`native` (`decide +native`, `native := …`) trusts compiled code"),
-    (_L + r"decide\s*(?:\(|\+|-(?!-)|←)", "`decide` with options (`+native`, `(config := …)`) is not allowed"),
-    (_L + r"(?:Lean\.)?ofReduce(?:Bool|Nat)" + _R, "`ofReduceBool` trusts compiled code"),
-    (_L + r"(?:Lean\.)?(?:reduceBool|reduceNat|trustCompiler)" + _R, "compiler-trusting primitives"),
-    (_L + r"implemented_by" + _R, "`implemented_by` swaps in unchecked code"),
-    (_L + r"extern" + _R, "`extern` swaps in unchecked code"),
-    (_L + r"unsafe" + _R, "`unsafe` code is not checked by the kernel"),
-    (r"#exit" + _R, "`#exit` stops checking early"),
-    (r"#eval" + _R, "`#eval` runs code while checking"),
-    (r"#(?!\[)(?=[^\W\d])", "`#` commands (`#guard_msgs`, `#eval`, …) are not allowed in a proof"),
     (r"`", "quotations and name literals (`` ` ``) are meta-programming"),
-    (r"\$", "`$` antiquotations are meta-programming"),
-    (_L + r"run_(?:cmd|tac|elab|meta)" + _R, "`run_cmd`/`run_tac` run code while checking"),
-    (_L + r"by_elab" + _R, "`by_elab` runs code while checking"),
-    (_L + r"(?:builtin_)?initialize" + _R, "`initialize` runs code"),
-    (_L + r"elab(?:_rules)?" + _R, "`elab` defines new elaborators"),
-    (_L + r"macro(?:_rules)?" + _R, "`macro` rewrites syntax"),
-    (_L + r"syntax" + _R, "`syntax` changes the grammar"),
-    (_L + r"declare_syntax_cat" + _R, "`declare_syntax_cat` changes the grammar"),
-    (_L + r"notation3?" + _R, "`notation` changes what text means"),
-    (_L + r"(?:infixl?|infixr|prefix|postfix)" + _R, "`infix`/`prefix`/`postfix` change what text means"),
-    (_L + r"open\s+private" + _R, "`open private` reaches private declarations"),
-    (_L + r"set_option\s+debug\.", "`set_option debug.*` can switch checks off"),
-    (_L + r"(?:apply|exact|rw)\?", "`apply?`/`exact?`/`rw?` are searches, not proofs"),
-    (_L + r"(?:include|omit)" + _R, "`include`/`omit` bring `variable`s into a declaration"),
+    (_kw("open") + r"\s+private" + _R, "`open private` reaches private declarations"),
+    (_kw("set_option") + r"\s+debug\.", "`set_option debug.*` can switch checks off"),
 )
 
+# Code-running entry points, refused even inside comments and strings: after a syntax error Lean's error recovery
+# resumes at positions of its choosing (character by character, also inside a string literal or identifier), so
+# text that is a comment or string to the first reading can still be parsed as a command. None of these occurs in
+# the comments or strings of the published proofs in the test data.
+CODE_RUNNING = (
+    "run_cmd", "run_tac", "run_elab", "run_meta", "by_elab", "#eval", "elab", "elab_rules", "simproc", "dsimproc",
+    "simproc_decl", "initialize", "command_elab", "term_elab", "addDecl", "addDeclWithoutChecking", "skipKernelTC",
+    "implemented_by", "extern", "ofReduceBool", "native_decide", "TacticM", "TermElabM", "CommandElabM", "MetaM",
+    "CoreM", "RuleTac", "CommandElab", "TermElab", "unsafe",
+)  # fmt: skip
+_CODE_RUNNING = re.compile("(?:" + "|".join(re.escape(word) for word in CODE_RUNNING) + ")" + _R)
+
 # Identifier components that belong to meta-programming (elaborators, the environment, IO): forbidden anywhere.
+# Names that ordinary mathematics also uses (`Expr`, `Name`, `Lean`, `Tactic`) are not listed: a name does nothing
+# by itself, only the entry points above run code.
 META_NAMES = frozenset(
     {
-        "Lean", "Elab", "Meta", "Parser", "PrettyPrinter", "Syntax", "Environment", "Kernel", "Compiler",
+        "Elab", "Meta", "Parser", "PrettyPrinter", "Syntax", "Environment", "Kernel", "Compiler",
         "IO", "EIO", "BaseIO", "MetaM", "TermElabM", "TacticM", "CommandElabM", "CoreM", "MacroM", "Macro",
-        "Qq", "addDecl", "addAndCompile", "addDeclarationRanges", "evalTactic", "withOptions", "skipKernelTC",
-        "Declaration", "ConstantInfo", "mkConst", "mkApp", "unsafeCast", "unsafeIO", "unsafeBaseIO", "unsafeEIO",
-        "ptrAddrUnsafe", "DecideConfig", "dbgTrace", "dbg_trace", "panic", "mkIdent", "instantiateMVars",
-        "Expr", "Name", "Tactic", "EnvExtension", "PersistentEnvExtension",
+        "Qq", "addDecl", "addAndCompile", "addDeclarationRanges", "addDeclWithoutChecking", "evalTactic",
+        "withOptions", "skipKernelTC", "Declaration", "ConstantInfo", "mkConst", "mkApp", "unsafeCast", "unsafeIO",
+        "unsafeBaseIO", "unsafeEIO", "ptrAddrUnsafe", "dbgTrace", "dbg_trace", "panic", "mkIdent",
+        "instantiateMVars", "EnvExtension", "PersistentEnvExtension", "RuleTac", "Simproc", "DSimproc",
+        "CommandElab", "TermElab", "setEnv", "modifyEnv",
     }
 )  # fmt: skip
 _META_COMPONENT = re.compile(
@@ -78,69 +133,110 @@ _META_COMPONENT = re.compile(
     r"|Elab(?:orator)?$|Parser$|Extension$"
 )
 # Attributes a helper may carry; any other (`command_elab`, `tactic`, `init`, `*_parser`, `instance`,
-# `default_instance`, `to_additive`, `csimp`, norm_num/positivity extensions, …) is rejected.
+# `default_instance`, `to_additive`, `csimp`, norm_num/positivity extensions, `aesop` — whose `tactic` rule
+# builder, also chosen by default for a tactic-typed declaration, runs the declaration as a tactic, …) is rejected.
 SAFE_ATTRIBUTES = frozenset(
     {
         "simp", "simps", "reducible", "irreducible", "semireducible", "inline", "noinline", "specialize", "ext",
-        "symm", "refl", "trans", "congr", "mono", "gcongr", "elab_as_elim", "nolint", "aesop", "push_cast",
+        "symm", "refl", "trans", "congr", "mono", "gcongr", "elab_as_elim", "nolint", "push_cast",
         "norm_cast", "field_simps", "fun_prop", "continuity", "measurability", "bound", "nontriviality",
         "pp_nodot", "match_pattern", "deprecated", "inherit_doc", "local", "scoped", "simp_arith",
     }
 )  # fmt: skip
 
-_ALLOWED_OPTION = r"(?:maxHeartbeats|maxRecDepth|synthInstance\.maxHeartbeats)"
-# Forbidden before the target theorem, as tokens anywhere: they can change what the statement's text means.
-BEFORE_TARGET: tuple[tuple[str, str], ...] = (
-    (_L + r"(?:local|scoped)" + _R, "local/scoped declarations"),
-    (_L + r"instance" + _R, "an `instance`"),
-    (_L + r"deriving" + _R, "`deriving`"),
-    (_L + r"attribute" + _R, "`attribute`"),
-    (_L + r"namespace" + _R, "`namespace`"),
-    (_L + r"section" + _R, "`section`"),
-    (_L + r"end" + _R, "`end`"),
-    (_L + r"open" + _R, "`open`"),
-    (_L + r"export" + _R, "`export`"),
-    (_L + r"variable" + _R, "`variable`"),
-    (_L + r"universe" + _R, "`universe`"),
-    (_L + r"mutual" + _R, "`mutual`"),
-    (_L + r"set_option(?!\s+" + _ALLOWED_OPTION + r"\s)", "`set_option`"),
+# Options a proof may set before its target (file top, `… in`) and a request header may set. They tune effort,
+# naming hygiene, linters and how much printing shows; none can make two different statements print or check alike.
+# (In the proof body, `set_option … in` may name any option but `debug.*`: it scopes only the proof.)
+ALLOWED_OPTIONS = re.compile(
+    r"(?:maxHeartbeats|maxRecDepth|synthInstance\.maxHeartbeats|synthInstance\.maxSize|tactic\.hygienic"
+    r"|linter\.[\w.]+|pp\.(?:numericTypes|funBinderTypes|letVarTypes"
+    r"|piBinderTypes|fullNames|explicit|universes|natLit|coercions\.types|structureInstanceTypes|instanceTypes"
+    r"|proofs\.withType|unicode\.fun|fieldNotation))\Z"
 )
+_OPTION_LINE = re.compile(r"set_option\s+([^\s]+)\s+\S+")
+
+# Forbidden before the target theorem, as tokens anywhere: they can change what the statement's text means or
+# which declaration is checked. (`open`, `instance`, sections and allowed options are fine there: the statement
+# is imposed and its elaborated type compared with the requested one's.)
+BEFORE_TARGET: dict[str, str] = {
+    "local": "local/scoped declarations",  # not after `open` (`open scoped X` is fine)
+    "scoped": "local/scoped declarations",
+    "deriving": "`deriving`",
+    "attribute": "`attribute`",
+    "namespace": "`namespace`",
+    "export": "`export`",
+    "variable": "`variable`",
+    "mutual": "`mutual`",
+}
 
 # In the proof body (after the target's `:=`): tokens that end the declaration and start new commands.
-# `open … in` and `set_option … in` are also tactics and terms, so only those forms are allowed.
-_OPEN_IN_REST = r"(?:\s+(?!in" + _R + r")[\w.'!?«»]+)+\s+in" + _R
-_SET_OPTION_IN_REST = r"\s+[\w.«»]+\s+\S+\s+in" + _R
-BODY_COMMANDS: tuple[tuple[str, str], ...] = (
+# `open … in` and `set_option … in` are also tactics and terms, so only those forms are allowed; a bare `end`
+# line may close a section opened before the target.
+_OPEN_IN_REST = r"(?:[ \t]+(?!in" + _R + r")[\w.'!?«»]+){1,64}[ \t]+in" + _R
+_SET_OPTION_IN_REST = r"[ \t]+[\w.«»]+[ \t]+\S+[ \t]+in" + _R
+# Keywords that start a command: in the proof body they would end the declaration.
+BODY_COMMANDS = frozenset(
+    {
+        "theorem", "lemma", "def", "abbrev", "instance", "example", "opaque", "structure", "class", "inductive",
+        "coinductive", "namespace", "section", "universe", "variable", "attribute", "export", "mutual",
+        "noncomputable", "private", "protected", "local", "scoped", "nonrec", "deriving", "alias", "proof_wanted",
+        "irreducible_def", "add_decl_doc", "unif_hint", "initialize_simps_projections", "assert_not_exists",
+        "library_note", "suppress_compilation", "compile_inductive", "recall", "end",
+    }
+)  # fmt: skip
+_BODY_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
+    (re.compile(r"@\["), "an attribute in the proof body starts a new declaration"),
+    (re.compile(_kw("open") + r"(?!" + _OPEN_IN_REST + r")"), "`open` in the proof body (only `open … in`)"),
     (
-        _L + r"(?:theorem|lemma|def|abbrev|instance|example|opaque|structure|class|inductive|coinductive|namespace"
-        r"|section|end|universe|variable|attribute|export|mutual|noncomputable|private|protected|local|scoped"
-        r"|deriving|alias|proof_wanted|irreducible_def|add_decl_doc|unif_hint|initialize_simps_projections"
-        r"|assert_not_exists|library_note|suppress_compilation|compile_inductive|recall)" + _R,
-        "a command after the proof (the proof body must not end the declaration)",
+        re.compile(_kw("set_option") + r"(?!" + _SET_OPTION_IN_REST + r")"),
+        "`set_option` in the proof body (only `… in`)",
     ),
-    (r"@\[", "an attribute in the proof body starts a new declaration"),
-    (_L + r"open" + _R + r"(?!" + _OPEN_IN_REST + r")", "`open` in the proof body (only `open … in`)"),
-    (_L + r"set_option" + _R + r"(?!" + _SET_OPTION_IN_REST + r")", "`set_option` in the proof body (only `… in`)"),
 )
 
 _FORBIDDEN = tuple((re.compile(pattern), why) for pattern, why in FORBIDDEN)
-_BEFORE_TARGET = tuple((re.compile(pattern), why) for pattern, why in BEFORE_TARGET)
-_BODY_COMMANDS = tuple((re.compile(pattern), why) for pattern, why in BODY_COMMANDS)
+# An identifier as Lean's `identFn` reads it (parts `«…»` or idFirst idRest*, joined by `.`), and its parts.
+_ID_PART = f"«[^»]*»|[{ID_FIRST}][{ID_REST}]*"
+_IDENTIFIER = re.compile(f"(?:{_ID_PART})(?:\\.(?:{_ID_PART}))*")
+_IDENTIFIER_PARTS = re.compile(f"«([^»]*)»|([{ID_FIRST}][{ID_REST}]*)")
 _LINE = re.compile(r"(?m)^.*$")
 _IMPORT = re.compile(r"(?m)^[ \t]*import[ \t]+(\S+)[ \t]*$")
-_ANY_IMPORT = re.compile(_L + r"import" + _R)
+_ANY_IMPORT = re.compile(_kw("import"))
 _DROPPED_COMMAND = re.compile(r"(?m)^[ \t]*#(?:print|check)" + _R + r".*$")
-_DECL_KEYWORDS = r"(?:theorem|lemma|def|abbrev|instance|structure|class|inductive|opaque|axiom)"
-_HELPER_NAME = re.compile(_L + _DECL_KEYWORDS + r"\s+([^\s(){}\[\]:,⦃⦄]+)")
+_HASH_COMMAND = re.compile(r"#([^\W\d][\w!?']*)")
+_SET_OPTION = re.compile(_kw("set_option") + r"(?:\s+([^\s]+))?")
+_OPEN_BEFORE = re.compile(_kw("open") + r"\s*\Z")
+_END_LINE_REST = re.compile(r"[ \t]*(?:[\w.«»'!?]+[ \t]*)?(?:\n|\Z)")
+_DECL_KEYWORDS = "theorem|lemma|def|abbrev|instance|structure|class|inductive|opaque|axiom"
+_HELPER_NAME = re.compile(_kw(_DECL_KEYWORDS) + r"\s+([^\s(){}\[\]:,⦃⦄]+)")
 _TARGET_DECL = (
-    r"(?m)^[ \t]*(?:@\[[^\]]*\][ \t]*)*(?:(?:private|protected)[ \t]+)?(?:theorem|lemma)\s+{name}(?=[\s(\[{{:⦃])"
+    r"(?m)^[ \t]*(?:@\[[^\]\n]*\][ \t]*)*(?:(?:private|protected|noncomputable|nonrec)[ \t]+)*"
+    r"(?:theorem|lemma)\s+{name}(?=[\s(\[{{:⦃])"
 )
-_NAMED_THEOREM = re.compile(_L + r"(?:theorem|lemma)\s+([^\s(){}\[\]:,⦃⦄]+)")
+_NAMED_THEOREM = re.compile(_kw("theorem|lemma") + r"\s+([^\s(){}\[\]:,⦃⦄]+)")
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_'.!?]*")
-_PREFIX = re.compile(r"(?:\s|set_option\s+" + _ALLOWED_OPTION + r"\s+\d+\s+in" + _R + r")*\Z")
-_ATTRIBUTE_LIST = re.compile(r"@\[|" + _L + r"attribute\s*\[")
+# Lines right above the target that belong to its command: they scope or decorate the next declaration.
+_TARGET_PREFIX_LINE = re.compile(
+    r"(?:set_option\s+(\S+)\s+\S+\s+in|open\s+(?!private\b)[^\n]*\s+in|@\[[^\]\n]*\])" + r"(?:\s+|\Z)"
+)
+_ATTRIBUTE_LIST = re.compile(r"@\[|" + _kw("attribute") + r"\s*\[")
+_MAX_ATTRIBUTE_LIST = 2000  # characters; a longer `@[…]` is no attribute list a proof needs
+_BINDING_KEYWORDS = frozenset({"let", "have", "letI", "haveI"})
 _OPEN = {"(": ")", "[": "]", "{": "}", "⦃": "⦄", "⟨": "⟩"}
 _CLOSE = set(_OPEN.values())
+
+# The request header, line by line (comments removed): what may be sent to Lean as the header's command.
+_HEADER_LINES = (
+    re.compile(r"open(?:\s+scoped)?(?:\s+(?!private\b|in\b)[\w.«»'!?]+(?:\s*\([\w.«»'!?\s]*\))?)+"),
+    re.compile(r"open\s+[\w.«»'!?]+\s+(?:hiding|renaming)\s+[^\n]*"),
+    re.compile(r"universe(?:\s+[\w.«»'!?]+)+"),
+    re.compile(r"(?:noncomputable\s+)?section(?:\s+[\w.«»'!?]+)?"),
+    re.compile(r"end(?:\s+[\w.«»'!?]+)?"),
+)
+HEADER_ALLOWED = (
+    "`import` lines (first), `open` (also `scoped`, `hiding`, `renaming`), `set_option` of an allowed option, "
+    "`universe`, `section`/`noncomputable section`/`end`, and `open …`/`set_option …` lines ending in `in` that "
+    "scope another allowed line"
+)
 
 
 @dataclass(frozen=True)
@@ -148,8 +244,13 @@ class Violation:
     rule: str
     start: int
     end: int
+    in_header: bool = False  # found in the request's header, not in the code (no position in the code)
 
     def message(self, code: str) -> LeanMessage:
+        if self.in_header:
+            return LeanMessage(
+                severity="error", data=f"rejected by the integrity policy: header: {self.rule}", source="policy"
+            )
         return LeanMessage(
             severity="error",
             data=f"rejected by the integrity policy: {self.rule}",
@@ -216,6 +317,19 @@ class Composed:
             return [self.command]
         return [c for c in (self.helpers_command, self.target_command) if c]
 
+    @property
+    def axioms_commands(self) -> list[str]:
+        """`#print axioms` for the target (or every named theorem), each naming its declaration unambiguously."""
+        names = [self.target] if self.target else self.theorems
+        return [print_axioms_command(name) for name in names]
+
+
+def print_axioms_command(name: str) -> str:
+    """`#print axioms _root_.<name>`: the declaration the code made at the top level, never one that an `open`
+    namespace makes `<name>` resolve to (`sqrt_nonneg` under `open Real` is `Real.sqrt_nonneg`). Lean answers
+    with the resolved name (`'<name>' depends on axioms: …`), which the caller compares with `name`."""
+    return f"#print axioms _root_.{name.removeprefix('_root_.')}"
+
 
 def offset_to_pos(text: str, offset: int) -> Pos:
     offset = max(0, min(offset, len(text)))
@@ -241,6 +355,61 @@ def header_parts(header: str) -> tuple[list[str], str]:
     return imports, re.sub(r"\n{3,}", "\n\n", rest)
 
 
+def import_covered(module: str, loaded: list[str]) -> bool:
+    """Whether an environment importing `loaded` already holds `module` (`import Mathlib` holds `Mathlib.Tactic`,
+    `Aesop`, `Batteries`, …)."""
+    if module in loaded or any(module.startswith(m + ".") for m in loaded):
+        return True
+    return "Mathlib" in loaded and module.split(".")[0] in COVERED_BY_MATHLIB
+
+
+def option_allowed(name: str) -> bool:
+    """Options a proof may set before its target and a header may set (`ALLOWED_OPTIONS`)."""
+    return ALLOWED_OPTIONS.match(name) is not None
+
+
+def header_violations(header: str) -> list[Violation]:
+    """The policy on the request's header, which is sent to Lean as a command of its own (on `/v1/verify` and
+    `/v1/prove` alike): only `HEADER_ALLOWED` lines; anything else is named. Whether the imports are loaded by the
+    worker is the checker's question (a 400, not a verdict)."""
+    lexed = lex(header)
+    found = [Violation(f"{problem.why}", problem.start, problem.end, True) for problem in lexed.problems]
+    found += _code_running_in_text(header, lexed.blanked, in_header=True)
+    if lexed.blanked != lex(header, strings=False).blanked:
+        found.append(Violation("a header holds no string or character literal", 0, 0, True))
+    lines = [(m.start(), m.group(0).strip()) for m in _LINE.finditer(lexed.blanked) if m.group(0).strip()]
+    seen_command = False
+    for index, (start, line) in enumerate(lines):
+        if _IMPORT.match(line):
+            if seen_command:
+                found.append(Violation(f"`{line}` comes after a command (imports come first)", start, start, True))
+            continue
+        seen_command = True
+        scoped_line = re.fullmatch(r"(.*\S)\s+in", line)
+        if scoped_line:
+            following = lines[index + 1][1] if index + 1 < len(lines) else ""
+            if not _header_line_allowed(scoped_line.group(1)) or not following or _IMPORT.match(following):
+                found.append(Violation(f"`{line}` scopes no allowed header line after it", start, start, True))
+            continue
+        if not _header_line_allowed(line):
+            found.append(
+                Violation(f"`{_clip(line)}` is not allowed (a header holds {HEADER_ALLOWED})", start, start, True)
+            )
+    return found
+
+
+def _header_line_allowed(line: str) -> bool:
+    option = _OPTION_LINE.fullmatch(line)
+    if option:
+        return option_allowed(option.group(1))
+    return any(pattern.fullmatch(line) for pattern in _HEADER_LINES)
+
+
+def _clip(text: str, limit: int = 120) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[:limit] + " …"
+
+
 def _blank_range(chars: list[str], start: int, end: int) -> None:
     for k in range(start, end):
         if chars[k] != "\n":
@@ -248,37 +417,73 @@ def _blank_range(chars: list[str], start: int, end: int) -> None:
 
 
 def _find_assign(blanked: str, start: int) -> int | None:
-    """Offset just after the first `:=` at bracket depth 0 from `start` (where the proof starts).
+    """Offset just after the `:=` that starts the proof, from `start` (just after the target's name).
 
-    None when there is none, or when a line at depth 0 starts with `|` first (equation-compiler style proofs
-    have no single `:=` to split at)."""
+    That is the first `:=` at bracket depth 0 that does not bind a `let`/`have` of the statement itself
+    (`theorem t : let x := 5; x = 5 := …`). None when there is none, or when a line at depth 0 starts with a
+    `|` alternative (`| pat => …`) first: equation-compiler proofs have no single `:=` to split at. A `|` line
+    that is no alternative (`|x| ≤ 1` continuing the statement) is fine."""
+    n = len(blanked)
     depth = 0
+    bindings = 0  # `let`/`have` seen at depth 0 whose `:=` is still to come
     line_start = True
-    k = start - 1
-    while k + 1 < len(blanked):
-        k += 1
+    k = start
+    while k < n:
         c = blanked[k]
         if c == "«":  # a name: whatever it holds (`:=`, `/-`) is not syntax
             close = blanked.find("»", k + 1)
             if close == -1:
                 return None
-            k = close
+            k = close + 1
             line_start = False
             continue
         if c == "\n":
             line_start = True
+            k += 1
+            continue
+        if is_id_first(c):
+            j = k + 1
+            while j < n and (
+                is_id_rest(blanked[j]) or (blanked[j] == "." and j + 1 < n and is_id_first(blanked[j + 1]))
+            ):
+                j += 1
+            if depth == 0 and blanked[k:j] in _BINDING_KEYWORDS:
+                bindings += 1
+            k = j
+            line_start = False
             continue
         if c in _OPEN:
             depth += 1
         elif c in _CLOSE:
             depth = max(0, depth - 1)
         elif depth == 0 and c == ":" and blanked.startswith(":=", k):
-            return k + 2
-        elif depth == 0 and c == "|" and line_start:
+            if bindings == 0:
+                return k + 2
+            bindings -= 1
+            k += 2
+            line_start = False
+            continue
+        elif depth == 0 and c == "|" and line_start and _is_alternative(blanked, k):
             return None
         if not c.isspace():
             line_start = False
+        k += 1
     return None
+
+
+def _is_alternative(blanked: str, k: int) -> bool:
+    """Whether the line starting with `|` at `k` is a match alternative: a `=>` at its own bracket depth 0."""
+    end = blanked.find("\n", k)
+    line = blanked[k : len(blanked) if end == -1 else end]
+    depth = 0
+    for j, c in enumerate(line):
+        if c in _OPEN:
+            depth += 1
+        elif c in _CLOSE:
+            depth -= 1
+        elif depth == 0 and line.startswith("=>", j):
+            return True
+    return False
 
 
 def _clean(text: str) -> str:
@@ -294,45 +499,27 @@ def _covered_open(line: str, opened: set[str]) -> bool:
 def _identifiers(blanked: str) -> list[tuple[int, int, list[str]]]:
     """Every identifier of the (blanked) code as Lean's `identFn` reads it: (start, end, components without «»)."""
     out = []
-    i, n = 0, len(blanked)
-    while i < n:
-        c = blanked[i]
-        if not (c == "«" or is_id_first(c)):
-            i += 1
-            continue
-        start, parts = i, []
-        while i < n:
-            if blanked[i] == "«":
-                end = blanked.find("»", i + 1)
-                end = n if end == -1 else end
-                parts.append(blanked[i + 1 : end])
-                i = end + 1
-            elif is_id_first(blanked[i]):
-                j = i + 1
-                while j < n and is_id_rest(blanked[j]):
-                    j += 1
-                parts.append(blanked[i:j])
-                i = j
-            else:
-                break
-            if i + 1 < n and blanked[i] == "." and (blanked[i + 1] == "«" or is_id_first(blanked[i + 1])):
-                i += 1
-                continue
-            break
-        out.append((start, i, parts))
+    for match in _IDENTIFIER.finditer(blanked):
+        name = match.group(0)
+        parts = [a or b for a, b in _IDENTIFIER_PARTS.findall(name)] if "«" in name else name.split(".")
+        out.append((match.start(), match.end(), parts))
     return out
 
 
 def _attribute_violations(blanked: str) -> list[Violation]:
-    """Attributes outside `SAFE_ATTRIBUTES` (elaborators, parsers, initializers, instances, …)."""
+    """Attributes outside `SAFE_ATTRIBUTES` (elaborators, parsers, initializers, instances, aesop rules, …)."""
     found = []
     for match in _ATTRIBUTE_LIST.finditer(blanked):
         depth, k = 1, match.end()
-        while k < len(blanked) and depth:
+        limit = min(len(blanked), k + _MAX_ATTRIBUTE_LIST)
+        while k < limit and depth:
             depth += {"[": 1, "]": -1}.get(blanked[k], 0)
             k += 1
+        if depth:
+            found.append(Violation("an attribute list that does not close", match.start(), k))
+            continue
         inner = blanked[match.end() : k - 1]
-        for item in re.split(r",", inner):
+        for item in inner.split(","):
             words = [w for w in re.split(r"[\s←]+", item.strip().lstrip("-")) if w]
             words = words[1:] if words and words[0] in ("local", "scoped") else words
             if not words or words[0] not in SAFE_ATTRIBUTES:
@@ -341,13 +528,34 @@ def _attribute_violations(blanked: str) -> list[Violation]:
     return found
 
 
-def apply_text_policy(code: str, header: str) -> tuple[str, str, list[Violation]]:
+def _code_running_in_text(text: str, blanked: str, *, in_header: bool = False) -> list[Violation]:
+    """`CODE_RUNNING` words inside comments and strings (or inside a longer identifier): the code rules judge
+    them where they are plain code tokens."""
+    found = []
+    for match in _CODE_RUNNING.finditer(text):
+        start, end = match.span()
+        if blanked[start:end] == text[start:end] and not (start and is_id_rest(text[start - 1])):
+            continue  # a plain token: the rules below see it
+        found.append(
+            Violation(
+                f"`{match.group(0)}` is refused anywhere, even in a comment, string or longer name (after a syntax "
+                "error Lean's error recovery can read such text as code)",
+                start,
+                end,
+                in_header,
+            )
+        )
+    return found
+
+
+def apply_text_policy(code: str, header: str, *, raw_scan: bool = True) -> tuple[str, str, list[Violation]]:
     """Return (`code` with dropped lines blanked to spaces, the same with comments and strings blanked,
     violations); all keep `code`'s offsets.
 
-    Dropped: lines repeating the request header (its imports, its `open`s, its `set_option`s) and `#print` /
-    `#check` lines. Any other `import` and every forbidden token is a violation, and so is any place where the
-    lexer cannot be sure it reads the code as Lean does (`leantext.lex`)."""
+    Dropped: imports the header already covers (`import Mathlib.Tactic` under `import Mathlib`), lines repeating
+    the request header (its `open`s, its `set_option`s) and `#print` / `#check` lines. Any other `import` and
+    every forbidden token is a violation, and so is any place where the lexer cannot be sure it reads the code as
+    Lean does (`leantext.lex`)."""
     lexed = lex(code)
     blanked = lexed.blanked
     kept = list(code)
@@ -357,6 +565,8 @@ def apply_text_policy(code: str, header: str) -> tuple[str, str, list[Violation]
     header_lines = {line.strip() for line in header_blanked.split("\n") if line.strip()}
     opened = {name for line in header_lines if line.startswith("open ") for name in line.split()[1:]}
     violations = [Violation(problem.why, problem.start, problem.end) for problem in lexed.problems]
+    if raw_scan:
+        violations += _code_running_in_text(code, blanked)
 
     def drop(start: int, end: int) -> None:
         # Only a line that is plain code from end to end: one holding (or starting inside) a comment or string
@@ -373,26 +583,45 @@ def apply_text_policy(code: str, header: str) -> tuple[str, str, list[Violation]
             continue
         repeats_header = line in header_lines and line.startswith(("open", "set_option"))
         imported = _IMPORT.match(line)
-        if (
-            repeats_header
-            or (imported and imported.group(1) in imports)
-            or (re.match(r"open\s", line) and _covered_open(line, opened))
-        ):
+        if imported and not import_covered(imported.group(1), imports):
+            violations.append(
+                Violation(
+                    f"`import {imported.group(1)}` is not loaded by the request header (put imports in `header`)",
+                    match.start(),
+                    match.end(),
+                )
+            )
+        elif repeats_header or imported or (re.match(r"open\s", line) and _covered_open(line, opened)):
             drop(match.start(), match.end())
     for match in _DROPPED_COMMAND.finditer("".join(scan)):
         drop(match.start(), match.end())
     text = "".join(scan)
+    reported_imports = {v.start for v in violations}
     for match in _ANY_IMPORT.finditer(text):
+        line_start = text.rfind("\n", 0, match.start()) + 1
+        if line_start in reported_imports:
+            continue
         end = text.find("\n", match.start())
         violations.append(
             Violation("`import` outside the request header", match.start(), len(text) if end < 0 else end)
         )
     for pattern, why in _FORBIDDEN:
         for match in pattern.finditer(text):
-            start = match.start() + (len(match.group(0)) - len(match.group(0).lstrip()))
-            violations.append(Violation(why, start, match.end()))
+            violations.append(Violation(why, match.start(), match.end()))
+    for match in _HASH_COMMAND.finditer(text):
+        if match.group(1) in HASH_COMMANDS or match.group(1).rstrip("!?") in HASH_COMMANDS:
+            violations.append(
+                Violation(
+                    f"`#{match.group(1)}` is a command (`#` commands run, print or hide things; not in a proof)",
+                    match.start(),
+                    match.end(),
+                )
+            )
     for start, end, parts in _identifiers(text):
         for part in parts:
+            if part in FORBIDDEN_TOKENS:
+                violations.append(Violation(FORBIDDEN_TOKENS[part], start, end))
+                break
             if part in META_NAMES or _META_COMPONENT.search(part):
                 violations.append(Violation(f"`{part}` is meta-programming (elaborators, environment, IO)", start, end))
                 break
@@ -408,7 +637,7 @@ def _recheck_sent(commands: list[str], header: str, known: list[Violation]) -> l
     for command in commands:
         if not command.strip():
             continue
-        _, _, again = apply_text_policy(command, header)
+        _, _, again = apply_text_policy(command, header, raw_scan=False)
         new = [violation for violation in again if violation.rule not in reported]
         if new:
             return [Violation(f"the code reads differently once composed for Lean: {new[0].rule}", 0, 0)]
@@ -416,18 +645,85 @@ def _recheck_sent(commands: list[str], header: str, known: list[Violation]) -> l
 
 
 def _split_prefix(before: str) -> int:
-    """Where the helpers end: the trailing whitespace, comments and `set_option <heartbeats/depth> N in` lines
-    before the target go with the target's command (the `in` scopes it), starting at a line start."""
-    match = _PREFIX.search(before)
-    if match is None or match.start() == 0 or not before[: match.start()].strip():
+    """Where the helpers end: the trailing whitespace, comments, attribute lines and `set_option … in` /
+    `open … in` lines right above the target go with the target's command (they scope or decorate it). The split
+    is at a line start; 0 when nothing but those precedes the target."""
+    split = len(before)
+    while split > 0:
+        line_start = before.rfind("\n", 0, split - 1) + 1 if split > 1 else 0
+        line = before[line_start:split].strip()
+        prefix = _TARGET_PREFIX_LINE.match(line) if line else None
+        if line and not (
+            prefix and prefix.end() == len(line) and (not prefix.group(1) or option_allowed(prefix.group(1)))
+        ):
+            break
+        split = line_start
+    if not before[:split].strip():
         return 0
-    newline = before.find("\n", match.start())
-    return len(before) if newline == -1 else newline + 1
+    return split
+
+
+def _before_target_violations(
+    before: str, identifiers: list[tuple[int, int, list[str]]], statement_idents: set[str]
+) -> list[Violation]:
+    found = []
+    for start, end, _ in identifiers:
+        if end > len(before):
+            break
+        why = BEFORE_TARGET.get(before[start:end])
+        if why is None or (
+            why == "local/scoped declarations" and _OPEN_BEFORE.search(before, max(0, start - 64), start)
+        ):
+            continue  # not a keyword, or `open scoped X`
+        found.append(Violation(f"{why} before the target theorem can change its meaning", start, end))
+    for match in _SET_OPTION.finditer(before):
+        name = match.group(1) or ""
+        if not option_allowed(name) and not name.startswith("debug."):  # `debug.*` has its own rule
+            found.append(
+                Violation(
+                    f"`set_option {name}` before the target theorem (allowed there: effort, hygiene, linter and "
+                    "printing options)",
+                    match.start(),
+                    match.end(),
+                )
+            )
+    for match in _HELPER_NAME.finditer(before):
+        helper = match.group(1)
+        if helper in statement_idents or helper.rsplit(".", 1)[-1] in statement_idents:
+            found.append(
+                Violation(f"helper `{helper}` shadows a name used in the statement", match.start(1), match.end(1))
+            )
+    return found
+
+
+def _body_violations(blanked: str, assign: int, identifiers: list[tuple[int, int, list[str]]]) -> list[Violation]:
+    found = []
+    why = "a command after the proof (the proof body must not end the declaration)"
+    for start, end, _ in identifiers:
+        word = blanked[start:end]
+        if start < assign or word not in BODY_COMMANDS:
+            continue
+        if word == "end":
+            if not _bare_end_line(blanked, start):
+                found.append(Violation("`end` in the proof body (only a bare `end` line)", start, end))
+        else:
+            found.append(Violation(why, start, end))
+    for pattern, rule in _BODY_PATTERNS:
+        for match in pattern.finditer(blanked, assign):
+            found.append(Violation(rule, match.start(), match.end()))
+    return found
+
+
+def _bare_end_line(blanked: str, start: int) -> bool:
+    """`end` (or `end Name`) alone on its line, at column 0: it closes a section opened before the target."""
+    return (start == 0 or blanked[start - 1] == "\n") and _END_LINE_REST.match(blanked, start + 3) is not None
 
 
 def compose(code: str, *, header: str, formal_statement: str | None) -> Composed:
-    """Apply the text policy and build the commands Lean checks in the header's environment."""
+    """Apply the text policy (to the code and the header) and build the commands Lean checks in the header's
+    environment."""
     kept, blanked, violations = apply_text_policy(code, header)
+    violations = header_violations(header) + violations
     theorems = [m.group(1) for m in _NAMED_THEOREM.finditer(blanked)]
     whole = PositionMap([Segment(1, kept.count("\n") + 1, 1)])
 
@@ -435,44 +731,33 @@ def compose(code: str, *, header: str, formal_statement: str | None) -> Composed
         if not theorems:
             violations.append(Violation("the code declares no named theorem or lemma to check", 0, 0))
         violations = _sorted(violations) + _recheck_sent([_clean(kept)], header, violations)
-        return Composed(_clean(kept), None, theorems, whole, violations)
+        return Composed(_clean(kept), None, theorems, whole, _capped(violations))
 
     statement = parse_statement(formal_statement)
     name = statement.name
-    decls = list(re.finditer(_TARGET_DECL.format(name=re.escape(name)), blanked))
-    if not decls:
+    decl = re.search(_TARGET_DECL.format(name=re.escape(name)), blanked)
+    if decl is None:
         violations.append(Violation(f"the code has no `theorem {name}` (the requested theorem, with its name)", 0, 0))
-        return Composed(_clean(kept), name, theorems, whole, _sorted(violations))
-    decl = decls[0]
+        return Composed(_clean(kept), name, theorems, whole, _capped(_sorted(violations)))
     # Any other mention of the target's name (a second declaration of it under any keyword, layout, namespace,
     # `_root_.`, `«…»`, a doc comment swallowing it, a self-reference) is rejected.
     mention = re.compile(_L + re.escape(_name_parts(name)[-1]) + _R)
     name_at = decl.end() - len(name)
-    for start, end, parts in _identifiers(blanked):
+    identifiers = _identifiers(blanked)
+    for start, end, parts in identifiers:
         if start != name_at and any(mention.search(part) for part in parts):
             violations.append(Violation(f"`{name}` is declared or named more than once", start, end))
     before = blanked[: decl.start()]
-    for pattern, why in _BEFORE_TARGET:
-        for match in pattern.finditer(before):
-            start = match.start() + (len(match.group(0)) - len(match.group(0).lstrip()))
-            violations.append(Violation(f"{why} before the target theorem can change its meaning", start, match.end()))
     statement_idents = set(_IDENT.findall(blank_comments_and_strings(statement.head)))
     statement_idents |= {part for ident in list(statement_idents) for part in ident.split(".")}
-    for match in _HELPER_NAME.finditer(before):
-        helper = match.group(1)
-        if helper in statement_idents or helper.rsplit(".", 1)[-1] in statement_idents:
-            violations.append(
-                Violation(f"helper `{helper}` shadows a name used in the statement", match.start(1), match.end(1))
-            )
+    violations += _before_target_violations(before, identifiers, statement_idents)
     assign = _find_assign(blanked, decl.end())
     if assign is None:
         violations.append(
             Violation(f"cannot find the `:=` that starts the proof of `{name}`", decl.start(), decl.end())
         )
-        return Composed(_clean(kept), name, theorems, whole, _sorted(violations))
-    for pattern, why in _BODY_COMMANDS:
-        for match in pattern.finditer(blanked, assign):
-            violations.append(Violation(why, match.start(), match.end()))
+        return Composed(_clean(kept), name, theorems, whole, _capped(_sorted(violations)))
+    violations += _body_violations(blanked, assign, identifiers)
 
     split = _split_prefix(before)
     helpers_command = _clean(kept[:split])
@@ -504,7 +789,7 @@ def compose(code: str, *, header: str, formal_statement: str | None) -> Composed
         name,
         theorems,
         PositionMap(segments),
-        violations,
+        _capped(violations),
         helpers_command=helpers_command if blanked[:split].strip() else "",
         target_command=target_command if blanked[:split].strip() else helpers + head + body,
     )
@@ -518,11 +803,15 @@ def _name_parts(name: str) -> list[str]:
 def _sorted(violations: list[Violation]) -> list[Violation]:
     seen: set[tuple[str, int]] = set()
     out = []
-    for v in sorted(violations, key=lambda v: (v.start, v.rule)):
+    for v in sorted(violations, key=lambda v: (not v.in_header, v.start, v.rule)):
         if (v.rule, v.start) not in seen:
             seen.add((v.rule, v.start))
             out.append(v)
     return out
+
+
+def _capped(violations: list[Violation]) -> list[Violation]:
+    return violations[:MAX_VIOLATIONS]
 
 
 _AXIOMS_ANSWER = re.compile(r"^'(?P<name>.+?)' depends on axioms: \[(?P<axioms>.*)\]\s*$", re.S)
