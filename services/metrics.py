@@ -2,7 +2,7 @@
 
 Each process observes what it does itself (a generate worker its generations and retrievals, a verify worker its
 checks and the ends of the jobs it decides), and each serves `/metrics`: the gateway on its HTTP port, a worker on
-`OPROVER_METRICS_PORT` (`serve_worker_metrics`). Prometheus adds the processes up (`sum by (...)`), so every
+`OPROVER_METRICS_PORT` (`serve_for_worker`). Prometheus adds the processes up (`sum by (...)`), so every
 number here is a counter or a histogram of this process's own events, except the gauges read at scrape time.
 
 Multiprocess-safe: when `PROMETHEUS_MULTIPROC_DIR` is set before the process starts (a gateway run with several
@@ -12,7 +12,7 @@ in this process's memory. Metrics read from Redis or the Lean pool at scrape tim
 which are the same in any process and so are added outside the multiprocess merge.
 
 The Grafana dashboard (deploy/monitoring/grafana-dashboard.json) queries only names defined here or by the
-gateway's queue collector; tests/test_metrics.py checks that against a real scrape.
+gateway's queue collector; tests/test_metrics_e2e.py checks that against real scrapes.
 """
 
 from __future__ import annotations
@@ -42,7 +42,6 @@ logger = logging.getLogger(__name__)
 
 MULTIPROC_DIR_ENV = "PROMETHEUS_MULTIPROC_DIR"
 METRICS_PORT_ENV = "OPROVER_METRICS_PORT"
-__all__ = ["CONTENT_TYPE_LATEST", "render", "serve_for_worker", "serve_worker_metrics"]
 
 # Bucket edges in seconds, from the shapes of the real work: a job takes minutes to hours, a round seconds to the
 # 30-minute generation limit, a Lean check milliseconds (a cached REPL) to its 120 s timeout.
@@ -54,6 +53,8 @@ _RETRIEVAL_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5,
 _TOKENS_PER_S = (5, 10, 20, 40, 60, 80, 100, 150, 200, 400, 1000)
 
 # --- jobs (observed where a job ends: the verify worker that proves or exhausts it, or an error) --------------------
+# Outcomes proved, failed, error: a job ran to its end. A cancelled job ends at the client's request, in the gateway,
+# and is left out, so proved / all is the pass rate of the jobs the service was allowed to finish.
 JOBS_FINISHED = Counter("oprover_jobs_finished_total", "Proof jobs that ended, by outcome.", ["outcome"])
 JOB_DURATION = Histogram(
     "oprover_job_duration_seconds", "Submission to end of a proof job, by outcome.", ["outcome"], buckets=_JOB_S
