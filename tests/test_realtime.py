@@ -73,6 +73,9 @@ CANCEL = _statement("rt_cancel_long_generation")
 VERIFY_PASS = _proof(_statement("rt_verify_pass"), "exact REALTIME_PASS h")
 VERIFY_FAIL = _proof(_statement("rt_verify_fail"), "exact REALTIME_FAIL h")
 LOAD_MARK = "rt_load_"  # theorems that never get a proof: their completions hold no Lean code (verdict no_code)
+# The 64-in-flight test submits 16 jobs: on a loaded machine that takes seconds, so its generations last long
+# enough that all 64 overlap however slowly they arrive.
+CHAINS_MARK, CHAINS_GENERATION_S = f"{LOAD_MARK}chains_", 20.0
 
 LEAN_RULES: list[dict[str, Any]] = [
     {"match": "QUIET_MINUTE", "outcome": "error", "message": QUIET_MESSAGE, "check_s": QUIET_S},
@@ -87,6 +90,7 @@ GENERATOR_RULES: list[dict[str, Any]] = [
     # Long enough that only an abort ends it within the test.
     {"match": _target(CANCEL), "content": _completion(_proof(CANCEL, "exact REALTIME_PASS h")), "delay_s": 900},
     # The load tests: a plan without code, so the round ends without Lean and the next round is generated.
+    {"match": CHAINS_MARK, "content": "I could not find a proof of this one yet.", "delay_s": CHAINS_GENERATION_S},
     {"match": LOAD_MARK, "content": "I could not find a proof of this one yet.", "delay_s": GENERATION_S},
 ]
 
