@@ -49,7 +49,7 @@ def create_app(settings: Settings) -> FastAPI:
             allow_origins=settings.api.cors_origins,
             allow_methods=["*"],
             allow_headers=["*"],
-            expose_headers=["Location"],
+            expose_headers=["Location", "x-oprover-job-id"],
         )
     install_error_handlers(app)
     app.include_router(batch.router)  # before prove's: `/v1/prove/batch` is not a job id
