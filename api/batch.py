@@ -51,7 +51,7 @@ def parse_items(raw: bytes) -> list[tuple[Any, str]]:
         except ValueError as exc:
             raise RequestError(f"the batch is not a valid JSON list: {exc}", code="invalid_json") from None
         return [(item, f"item {index}") for index, item in enumerate(items)]
-    parsed = []
+    parsed: list[tuple[Any, str]] = []
     for number, line in enumerate(text.splitlines(), start=1):
         if not line.strip():
             continue

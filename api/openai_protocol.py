@@ -9,7 +9,7 @@ typed loosely enough that a request meant for the raw generator is not refused o
 
 from __future__ import annotations
 
-from typing import Any, Literal
+from typing import Any
 
 from pydantic import BaseModel, ConfigDict, Field
 
@@ -92,6 +92,3 @@ class ChatCompletionRequest(_Lenient):
     @property
     def wants_usage_chunk(self) -> bool:
         return bool(self.stream_options and self.stream_options.include_usage)
-
-
-FinishReason = Literal["stop", "length"]

@@ -269,7 +269,7 @@ class _Progress:
                     f"({data.get('error')}); retrying.\n",
                 )
             ]
-        if event.type not in ("attempt.generated", "attempt.verified"):
+        if event.type not in ("attempt.generated", "attempt.verified") or not isinstance(round_, int):
             return []
         attempt = await run_in_threadpool(self.gw.store.attempt, self.chat.job_id, chain, round_)
         if attempt is None:
@@ -299,12 +299,7 @@ class _Progress:
                     + (f"; first error: {error}" if error else "")
                     + ".\n"
                 )
-        if (
-            attempt.get("verdict") not in (None, "pass")
-            and self.rounds is not None
-            and isinstance(round_, int)
-            and round_ < self.rounds
-        ):
+        if attempt.get("verdict") not in (None, "pass") and self.rounds is not None and round_ < self.rounds:
             lines.append(f"{self._prefix(chain)}Round {round_ + 1} started: revising with Lean's feedback.\n")
         return [(chain, line) for line in lines]
 
