@@ -380,17 +380,42 @@ def cmd_memory(args: argparse.Namespace) -> int:
     from services.memory import ProofMemory, export_proofs, format_stats, import_proofs
 
     _setup_logging(args.verbose)
-    memory = ProofMemory(_settings().qdrant)
+    settings = _settings().qdrant
     try:
-        if args.action == "import":
-            summary = import_proofs(memory, Path(args.path))
+        if args.action == "import" and owned_elsewhere(settings):
+            # The service (or another process) owns the embedded memory: stage the import beside it and hand it
+            # over, so nobody has to stop the service to grow the memory (services/memory/handoff.py).
+            print(f"{settings.path} is open in a running process: staging the import and handing it over")
+            summary, receipt = import_through_owner(settings, Path(args.path), wait_s=args.wait)
             print(summary)
-        elif args.action == "export":
-            print(f"exported {export_proofs(memory, Path(args.path))} proofs to {args.path}")
-        else:
-            print(format_stats(memory.stats()))
-    finally:
-        memory.close()
+            if receipt is None:
+                print(
+                    f"not taken in within {args.wait:.0f} s: it stays in {settings.path}/inbox and is taken in "
+                    "when a process opens the memory"
+                )
+                return 1
+            print(receipt)
+            return 0
+        memory = ProofMemory(settings)
+        try:
+            if args.action == "import":
+                print(import_proofs(memory, Path(args.path)))
+            elif args.action == "export":
+                print(f"exported {export_proofs(memory, Path(args.path))} proofs to {args.path}")
+            elif args.action == "rescreen":
+                result = memory.rescreen()
+                print(
+                    f"re-read {result.read} proofs with the checker's policy: {result.admitted} re-admitted, "
+                    f"{result.flagged} newly screened out, {sum(result.reasons.values())} screened out in all"
+                )
+                for reason, count in result.reasons.most_common():
+                    print(f"    {count:>8}  {reason}")
+            else:
+                print(format_stats(memory.stats()))
+        finally:
+            memory.close()
+    except MemoryError_ as exc:
+        raise SystemExit(f"oprover: {exc}") from None
     return 0
 
 
@@ -464,8 +489,8 @@ def build_parser() -> argparse.ArgumentParser:
     client_args(p)
     p.set_defaults(func=cmd_eval)
 
-    p = sub.add_parser("memory", help="the retrieval memory: import PATH | export PATH | stats")
-    p.add_argument("action", choices=["import", "export", "stats"])
+    p = sub.add_parser("memory", help="the retrieval memory: import PATH | export PATH | stats | rescreen")
+    p.add_argument("action", choices=["import", "export", "stats", "rescreen"])
     p.add_argument("path", nargs="?")
     p.set_defaults(func=cmd_memory)
 
@@ -488,3 +513,11 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     sys.exit(main())
+    from services.errors import MemoryError_
+    from services.memory.handoff import import_through_owner, owned_elsewhere
+    p.add_argument(
+        "--wait",
+        type=float,
+        default=3600.0,
+        help="import while another process owns the memory: seconds to wait for it to take the import in",
+    )

@@ -100,7 +100,10 @@ class LeanSettings(BaseModel):
 
 class QdrantSettings(BaseModel):
     url: str | None = Field(None, description="A Qdrant server; when unset the embedded store at `path` is used.")
-    path: Path = Field(Path("./data/qdrant"), description="Embedded Qdrant directory (one process may open it).")
+    path: Path = Field(
+        Path("./data/qdrant"),
+        description="Embedded memory directory (Qdrant Edge); one process opens it, imports are handed to it.",
+    )
     api_key: str | None = Field(None, description="API key of the Qdrant server.")
     collection: str = Field("oprover_proofs", description="Collection holding the verified proofs.")
     top_k: int = Field(4, ge=0, le=32, description="Proofs retrieved per round unless a request says otherwise.")
@@ -118,12 +121,6 @@ class QdrantSettings(BaseModel):
     hnsw_ef_construct: int = Field(256, ge=4, description="Server only: HNSW build-time candidate list.")
     hnsw_ef: int = Field(128, ge=4, description="Server only: HNSW search-time candidate list.")
     int8: bool = Field(True, description="Server only: int8 scalar quantization in RAM, originals on disk.")
-    embedded_index: bool = Field(
-        True, description="Embedded only: score lexical queries with an in-process inverted index (fast)."
-    )
-    embedded_fast_writes: bool = Field(
-        True, description="Embedded only: SQLite WAL without fsync per point (survives a killed process)."
-    )
 
 
 class ApiSettings(BaseModel):

@@ -8,14 +8,18 @@ import signal
 import subprocess
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 
+from services.errors import MemoryError_
 from services.memory import ProofMemory, export_proofs, import_proofs
+from services.memory.handoff import import_through_owner
 from services.memory.importer import _state_path
+from services.memory.screening import screen
 from services.settings import QdrantSettings
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -36,9 +40,17 @@ def records() -> list[dict]:
     return [json.loads(line) for line in SAMPLE.read_text(encoding="utf-8").splitlines()]
 
 
-def test_both_shared_data_files_import_and_a_second_import_adds_nothing(memory: ProofMemory) -> None:
+def test_both_shared_data_files_import_and_a_second_import_adds_nothing(memory: ProofMemory, records) -> None:
     first = import_proofs(memory, SAMPLE, progress=False)
     assert (first.read, first.added, first.duplicates, first.rejected) == (338, 338, 0, 0)
+    # The checker's policy (called, not copied: it changes) refuses some published proofs; they are stored,
+    # counted by rule, and flagged.
+    refused = Counter(screen(r["formal_statement"], r["proof"], r["header"]) for r in records)
+    refused.pop(None, None)
+    assert refused, "the sample holds proofs today's policy refuses (`apply?` left in)"
+    assert first.screened_out == refused
+    assert memory.stats()["screened_out"] == dict(refused)
+    assert f"screened out {sum(refused.values())}" in str(first)
     # minif2f_valid.jsonl holds statements only: every line is reported, none is stored, nothing fails.
     statements = import_proofs(memory, MINIF2F, progress=False)
     assert (statements.read, statements.added, statements.rejected) == (244, 0, 244)
@@ -243,3 +255,93 @@ def test_every_reader_resumes_exactly_after_any_record(tmp_path: Path, records: 
         rest = list(_records(path, cursor, FIELD_ALIASES, 8))
         assert [item for _, _, item in rest] == rows[k + 1 :], f"after record {k}"
         assert [where for _, where, _ in rest] == [where for _, where, _ in full[k + 1 :]]
+
+
+OWNER = """
+import json, sys
+from pathlib import Path
+from services.memory import ProofMemory
+from services.settings import QdrantSettings
+memory = ProofMemory(QdrantSettings(path=Path(sys.argv[1])))
+print(json.dumps("open"), flush=True)
+for line in sys.stdin:  # one JSON request a line: "count", or a statement to search for
+    request = json.loads(line)
+    if request == "count":
+        answer = memory.count()
+    else:
+        answer = [hit.formal_statement for hit in memory.search(request, top_k=1)]
+    print(json.dumps(answer), flush=True)
+memory.close()
+"""
+
+
+def test_an_import_while_another_process_owns_the_memory_is_handed_over(tmp_path: Path, records: list[dict]) -> None:
+    """The owner (`oprover up`'s generate worker in service) keeps running and serving; the importing process
+    stages the proofs and the owner takes them in, without a restart."""
+    store = tmp_path / "qdrant"
+    owner = subprocess.Popen(
+        [sys.executable, "-c", OWNER, str(store)], cwd=ROOT, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True
+    )
+    try:
+        assert owner.stdout is not None and owner.stdin is not None
+        assert json.loads(owner.stdout.readline()) == "open"
+
+        def ask(request: str) -> object:
+            owner.stdin.write(json.dumps(request) + "\n")
+            owner.stdin.flush()
+            return json.loads(owner.stdout.readline())
+
+        assert ask("count") == 0
+        with pytest.raises(MemoryError_, match="open in another process"):
+            ProofMemory(QdrantSettings(path=store))
+        summary, receipt = import_through_owner(QdrantSettings(path=store), SAMPLE, progress=False, wait_s=60)
+        assert (summary.read, summary.added) == (338, 338)
+        assert receipt is not None
+        assert (receipt.points, receipt.added, receipt.duplicates) == (338, 338, 0)
+        assert receipt.flagged == sum(summary.screened_out.values())
+        assert ask("count") == 338
+        # the owner serves the imported proofs at once
+        target = next(r for r in records if r["name"] == "mathd_algebra_43")["formal_statement"]
+        assert ask(target.replace("mathd_algebra_43", "asked").replace("f 3 = 0", "f 3 = 1")) == [target]
+        # importing again: staged again, and every point a duplicate for the owner
+        _, again = import_through_owner(QdrantSettings(path=store), SAMPLE, progress=False, wait_s=60)
+        assert again is not None and (again.added, again.duplicates) == (0, 338)
+        assert not [p for p in (store / "inbox").iterdir() if p.name != "receipts"], "the inbox is left empty"
+    finally:
+        owner.communicate(timeout=60)  # closes its stdin: the owner closes the memory and exits
+    assert owner.returncode == 0
+
+
+HOLD_LOCK = """
+import fcntl, os, sys
+fd = os.open(sys.argv[1], os.O_RDWR | os.O_CREAT)
+fcntl.flock(fd, fcntl.LOCK_EX)
+print("held", flush=True)
+sys.stdin.readline()
+"""
+
+
+def test_a_handed_over_import_waits_for_the_next_owner(tmp_path: Path) -> None:
+    """No owner takes it in within the wait: it stays in the inbox, and the next process to open the memory
+    takes it in."""
+    store = tmp_path / "qdrant"
+    store.mkdir()
+    # An owner that never looks at its inbox: a process holding the directory's lock and nothing else.
+    holder = subprocess.Popen(
+        [sys.executable, "-c", HOLD_LOCK, str(store / "owner.lock")],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    assert holder.stdout is not None
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        summary, receipt = import_through_owner(QdrantSettings(path=store), SAMPLE, progress=False, wait_s=1)
+        assert receipt is None and summary.added == 338
+    finally:
+        holder.communicate("\n", timeout=30)
+    with ProofMemory(QdrantSettings(path=store)) as memory:
+        deadline = time.monotonic() + 60
+        while memory.count() < 338 and time.monotonic() < deadline:
+            time.sleep(0.2)
+        assert memory.count() == 338

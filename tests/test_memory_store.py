@@ -1,4 +1,5 @@
-"""ProofMemory over a real embedded Qdrant: retrieval, the never-the-target rule, dedup, locking, threads."""
+"""ProofMemory over real Qdrant Edge: retrieval, the never-the-target rule, k theorems, screening, dedup, the
+single-owner rule, threads; and its ranking held to the server path's (qdrant-client) on the same points."""
 
 from __future__ import annotations
 
@@ -11,7 +12,9 @@ from pathlib import Path
 import pytest
 
 from services.errors import MemoryError_
-from services.memory import ProofMemory, VerifiedProof, format_stats
+from services.memory import ProofMemory, VerifiedProof, body_hash, format_stats
+from services.memory.screening import screen
+from services.memory.tokenizer import query_vector, statement_tokens
 from services.settings import QdrantSettings
 
 SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
@@ -207,13 +210,16 @@ def test_concurrent_adds_and_searches_from_threads(memory: ProofMemory, sample: 
 
 
 LOCKER = """
-import sys, time
+import json, sys
 from pathlib import Path
-from services.memory import ProofMemory
+from services.memory import ProofMemory, VerifiedProof
 from services.settings import QdrantSettings
 memory = ProofMemory(QdrantSettings(path=Path(sys.argv[1])))
 print("open", flush=True)
 sys.stdin.readline()
+records = [json.loads(line) for line in open(sys.argv[2], encoding="utf-8")][:5]
+proofs = [VerifiedProof(formal_statement=r["formal_statement"], proof=r["proof"], header=r["header"]) for r in records]
+print("added", memory.add(proofs), flush=True)
 memory.close()
 """
 
@@ -221,7 +227,7 @@ memory.close()
 def test_a_directory_held_by_another_process_is_a_clear_error(tmp_path: Path) -> None:
     path = tmp_path / "qdrant"
     holder = subprocess.Popen(
-        [sys.executable, "-c", LOCKER, str(path)],
+        [sys.executable, "-c", LOCKER, str(path), str(SHARED_DATA / "verified_proofs_sample.jsonl")],
         cwd=ROOT,
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
@@ -229,14 +235,30 @@ def test_a_directory_held_by_another_process_is_a_clear_error(tmp_path: Path) ->
     )
     try:
         assert holder.stdout is not None and holder.stdout.readline().strip() == "open"
-        with pytest.raises(MemoryError_, match="locked by another process") as info:
+        with pytest.raises(MemoryError_, match=rf"open in another process \(pid {holder.pid}\)") as info:
             ProofMemory(QdrantSettings(path=path))
         assert info.value.transient is False
+        assert "oprover memory import" in str(info.value)  # says what to do instead
+        out, _ = holder.communicate("\n", timeout=60)
     finally:
-        holder.communicate("\n", timeout=30)
-    # once the holder is gone the directory opens
+        if holder.poll() is None:
+            holder.kill()
+            holder.wait()
+    # The refused opener touched nothing: the holder's proofs are all there once it is gone.
+    assert out.split() == ["added", "5"]
     with ProofMemory(QdrantSettings(path=path)) as memory:
-        assert memory.count() == 0
+        assert memory.count() == 5
+
+
+def test_a_second_opener_in_the_same_process_is_refused_and_the_first_goes_on(
+    memory: ProofMemory, sample: list[dict]
+) -> None:
+    memory.add([as_proof(r) for r in sample[:3]])
+    with pytest.raises(MemoryError_, match="open in another process"):
+        ProofMemory(memory.settings)
+    assert memory.add([as_proof(r) for r in sample[3:6]]) == 3
+    assert memory.count() == 6
+    assert memory.search(sample[0]["formal_statement"].replace(sample[0]["name"], "x"), top_k=2)
 
 
 def test_health_stats_and_close(memory: ProofMemory, sample: list[dict]) -> None:
@@ -244,7 +266,7 @@ def test_health_stats_and_close(memory: ProofMemory, sample: list[dict]) -> None
     memory.add([as_proof(r) for r in sample[:3]])
     stats = memory.stats()
     assert stats["backend"] == "embedded"
-    assert stats["points"] == 3
+    assert (stats["points"], stats["admitted"], stats["screened_out"]) == (3, 3, 0)
     assert stats["dense_vector"] is False
     lines = format_stats(stats).splitlines()
     assert len(lines) == len(stats)
@@ -263,28 +285,38 @@ def test_the_memory_survives_a_restart(tmp_path: Path, sample: list[dict]) -> No
         assert memory.add([as_proof(r) for r in sample[:6]]) == 1
 
 
-def test_the_in_process_index_scores_exactly_as_qdrant(tmp_path: Path, sample: list[dict]) -> None:
-    """Embedded mode answers from its own inverted index; Qdrant's sparse IDF query is the reference."""
+@pytest.mark.filterwarnings("ignore:.*(local mode|Local mode|local Qdrant).*:UserWarning")
+def test_the_embedded_engine_ranks_as_the_server_path(tmp_path: Path, sample: list[dict]) -> None:
+    """Qdrant Edge (embedded) against the server path's code on qdrant-client; an embedded qdrant-client
+    collection stands in for the server. Same points, same queries: the same scores, in the same order."""
+    from qdrant_client import QdrantClient
+
+    from services.memory.server import ServerBackend
+
     proofs = [as_proof(r) for r in sample]
-    with (
-        ProofMemory(QdrantSettings(path=tmp_path / "index")) as fast,
-        ProofMemory(QdrantSettings(path=tmp_path / "qdrant", embedded_index=False)) as reference,
-    ):
-        assert (fast.stats()["lexical_index"], reference.stats()["lexical_index"]) == ("in-process", "qdrant")
-        fast.add(proofs)
-        reference.add(proofs)
-        for record in sample[::23]:
+    settings = QdrantSettings(path=tmp_path / "edge")
+    client = QdrantClient(path=str(tmp_path / "server"))
+    server_path = ProofMemory(settings, backend=ServerBackend(client, settings, dense_size=lambda: None))
+    with ProofMemory(settings) as edge, server_path:
+        assert (edge.stats()["backend"], server_path.stats()["backend"]) == ("embedded", "server")
+        assert edge.add(proofs) == server_path.add(proofs) == len(proofs)
+        compared = 0
+        for record in sample[::17]:
             target = record["formal_statement"]
-            got = fast.search(target, top_k=6)
-            want = reference.search(target, top_k=6)
-            assert [round(h.score, 3) for h in got] == [round(h.score, 3) for h in want]
+            got = edge.search(target, top_k=6)
+            want = server_path.search(target, top_k=6)
+            assert len(got) == len(want) > 0
             scores = [round(h.score, 3) for h in want]
+            assert [round(h.score, 3) for h in got] == scores
             for mine, theirs, score in zip(got, want, scores, strict=True):
                 if scores.count(score) == 1:  # equal scores may come in either order
-                    assert mine.id == theirs.id
+                    # the same theorem at each rank (of two proofs of one statement, either may stand for it)
+                    assert body_hash(mine.formal_statement) == body_hash(theirs.formal_statement)
+                    compared += 1
+        assert compared > 50, "too few unambiguous ranks compared to mean anything"
 
 
-def test_the_index_is_rebuilt_from_the_store_on_restart(tmp_path: Path, sample: list[dict]) -> None:
+def test_a_reopened_store_answers_the_same(tmp_path: Path, sample: list[dict]) -> None:
     settings = QdrantSettings(path=tmp_path / "q")
     target = sample[3]["formal_statement"]
     with ProofMemory(settings) as memory:
@@ -300,10 +332,10 @@ def test_server_collection_settings_for_millions_of_points() -> None:
 
     from qdrant_client import QdrantClient, models
 
-    from services.memory.store import collection_config
+    from services.memory.server import collection_config
 
     settings = QdrantSettings(url="http://qdrant:6333", hnsw_m=48, hnsw_ef_construct=300)
-    config = collection_config(settings, dense_size=1024, server=True)
+    config = collection_config(settings, dense_size=1024)
     assert set(config) <= set(inspect.signature(QdrantClient.create_collection).parameters)
     request = models.CreateCollection(
         vectors=config["vectors_config"],
@@ -319,10 +351,7 @@ def test_server_collection_settings_for_millions_of_points() -> None:
     assert (request.hnsw_config.m, request.hnsw_config.ef_construct, request.hnsw_config.on_disk) == (48, 300, False)
     scalar = request.quantization_config.scalar
     assert (scalar.type, scalar.always_ram) == (models.ScalarType.INT8, True)
-    # lexical only, and the embedded variant carries none of the server-only settings
-    assert collection_config(settings, dense_size=None, server=True)["vectors_config"] == {}
-    embedded = collection_config(QdrantSettings(), dense_size=None, server=False)
-    assert set(embedded) == {"vectors_config", "sparse_vectors_config"}
+    assert collection_config(settings, dense_size=None)["vectors_config"] == {}  # lexical only
 
 
 def test_renamed_copies_of_one_theorem_take_one_slot(memory: ProofMemory, sample: list[dict]) -> None:
@@ -341,3 +370,81 @@ def test_renamed_copies_of_one_theorem_take_one_slot(memory: ProofMemory, sample
     hits = memory.search(target, top_k=2)
     assert len(hits) == 2
     assert sum("copy_" in hit.formal_statement for hit in hits) == 1
+
+
+def test_k_proofs_are_k_theorems_when_one_theorem_has_100_copies(memory: ProofMemory, sample: list[dict]) -> None:
+    """A theorem proved again and again (renamed copies, re-proofs) fills every over-fetched candidate; the
+    memory still returns k different theorems, and the right ones."""
+    record = by_name(sample, "mathd_algebra_43")
+    copies = [
+        as_proof(
+            record,
+            formal_statement=record["formal_statement"].replace("mathd_algebra_43", f"copy_{i}"),
+            proof=record["proof"].replace("mathd_algebra_43", f"copy_{i}") + f"\n-- proof {i}",
+        )
+        for i in range(100)
+    ]
+    others = [as_proof(r) for r in sample if r["name"] != "mathd_algebra_43"]
+    assert memory.add(copies) == 100
+    memory.add(others)
+    target = record["formal_statement"].replace("mathd_algebra_43", "asked").replace("f 3 = 0", "f 3 = 1")
+    for k in (1, 4, 8):
+        hits = memory.search(target, top_k=k)
+        assert len(hits) == k
+        assert sum("copy_" in h.formal_statement for h in hits) == 1
+        assert "copy_" in hits[0].formal_statement  # the copied theorem is still the best match
+        assert len({body_hash(h.formal_statement) for h in hits}) == k
+    # The exact answer: the engine's whole ranking (every point), collapsed to the best proof per theorem.
+    everything = memory.backend.query(query_vector(statement_tokens(target)), None, [body_hash(target)], 10_000)
+    assert 400 < len(everything) < 10_000  # not cut off: every admitted point sharing a token
+    best_per_theorem: list[str] = []
+    for hit in everything:
+        if hit.payload["body_hash"] not in {body_hash(s) for s in best_per_theorem}:
+            best_per_theorem.append(hit.payload["formal_statement"])
+    # (of the hundred equal-scoring copies, any one may stand for their theorem)
+    got = [body_hash(h.formal_statement) for h in memory.search(target, top_k=8)]
+    assert got == [body_hash(s) for s in best_per_theorem[:8]]
+
+
+NATIVE = "theorem mathd_numbertheory_3 : (∑ x in Finset.range 10, (x + 1) ^ 2) % 10 = 5 := by\n  native_decide"
+
+
+def test_proofs_the_checker_would_refuse_are_kept_flagged_and_never_retrieved(memory: ProofMemory) -> None:
+    statement = "theorem mathd_numbertheory_3 : (∑ x in Finset.range 10, (x + 1) ^ 2) % 10 = 5 := by"
+    native = VerifiedProof(formal_statement=statement, proof=NATIVE)
+    clean = VerifiedProof(formal_statement=statement, proof=NATIVE.replace("native_decide", "decide"))
+    stored = memory.store([native, clean])
+    assert stored.added == 2
+    assert list(stored.flagged.values()) == [1] and "native_decide" in next(iter(stored.flagged))
+    target = statement.replace("mathd_numbertheory_3", "asked").replace("% 10 = 5", "% 10 = 6")
+    assert [h.proof for h in memory.search(target, top_k=4)] == [clean.proof]
+    assert [h.proof for h in memory.lookup(statement)] == [clean.proof]
+    stats = memory.stats()
+    assert (stats["points"], stats["admitted"]) == (2, 1)
+    assert list(stats["screened_out"].values()) == [1]
+    assert "native_decide" in format_stats(stats)
+    # kept as a record: exported like any other
+    assert {p.proof for p in memory.iter_proofs()} == {native.proof, clean.proof}
+
+
+def test_rescreening_readmits_what_an_earlier_policy_flagged_and_keeps_what_this_one_refuses(
+    memory: ProofMemory, sample: list[dict]
+) -> None:
+    proofs = [as_proof(r) for r in sample[:20]]
+    refused_today = sum(memory.store(proofs).flagged.values())
+    statement = "theorem mathd_numbertheory_3 : (∑ x in Finset.range 10, (x + 1) ^ 2) % 10 = 5 := by"
+    memory.add([VerifiedProof(formal_statement=statement, proof=NATIVE)])
+    # An earlier, stricter policy flagged three proofs that today's passes: their points still say so.
+    stale = [p for p in proofs if screen(p.formal_statement, p.proof, p.header) is None][:3]
+    memory.backend.set_screen_reason([p.point_id for p in stale], "an earlier policy's rule")
+    assert all(memory.lookup(p.formal_statement) == [] for p in stale)
+    assert memory.stats()["admitted"] == 21 - 1 - refused_today - 3
+
+    result = memory.rescreen()
+    assert (result.read, result.admitted, result.flagged) == (21, 3, 0)
+    assert sum(result.reasons.values()) == 1 + refused_today
+    assert all(p.proof in {h.proof for h in memory.lookup(p.formal_statement)} for p in stale)
+    stats = memory.stats()
+    assert stats["admitted"] == 21 - 1 - refused_today
+    assert "an earlier policy's rule" not in stats["screened_out"]
+    assert sum(stats["screened_out"].values()) == 1 + refused_today

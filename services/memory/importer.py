@@ -12,7 +12,9 @@ Every `batch_size` records it upserts one batch and writes a checkpoint (file in
 the memory, so an interrupted import continues where it stopped: rerun the same command. Records are
 keyed by (statement hash, proof hash), so anything replayed after a crash is counted as a duplicate,
 never stored twice. A bad record (not JSON, no statement or proof, not a theorem, contains `sorry`,
-marked unverified) is counted with its reason and skipped.
+marked unverified) is counted with its reason and skipped. A record the checker's policy refuses
+(`native_decide`, `apply?`, an extra axiom; screening.py) is stored but flagged, never retrieved, and
+counted under `screened out` with the rule; the policy runs in worker processes for a large import.
 """
 
 from __future__ import annotations
@@ -32,6 +34,7 @@ from typing import Any
 from services.errors import InvalidStatement
 from services.leantext import blank_comments_and_strings, parse_statement
 from services.memory.schema import VerifiedProof
+from services.memory.screening import Screener
 from services.memory.store import ProofMemory
 
 logger = logging.getLogger(__name__)
@@ -40,6 +43,9 @@ DEFAULT_BATCH_SIZE = 256
 MAX_EXAMPLES = 20  # rejected records quoted in the summary; the rest are only counted
 MAX_EXAMPLES_PER_REASON = 3
 MAX_STATEMENT_CHARS = 20_000
+# Inputs larger than this are screened in worker processes (~4 KB a record: about 2,000 records); smaller
+# ones in-process, where starting the workers would cost more than it saves.
+PARALLEL_SCREEN_BYTES = 8 << 20
 
 # Field names seen in public proof corpora, first match wins. `fields=` of import_proofs overrides.
 FIELD_ALIASES: dict[str, tuple[str, ...]] = {
@@ -69,6 +75,7 @@ class ImportSummary:
     duplicates: int = 0
     rejected: int = 0
     reasons: Counter[str] = field(default_factory=Counter)
+    screened_out: Counter[str] = field(default_factory=Counter)  # added but flagged, by policy rule
     examples: list[str] = field(default_factory=list)
     resumed_at: int = 0  # records already done by an earlier run when this one started
     elapsed_s: float = 0.0
@@ -93,6 +100,7 @@ class ImportSummary:
             "duplicates": self.duplicates,
             "rejected": self.rejected,
             "reasons": dict(self.reasons),
+            "screened_out": dict(self.screened_out),
             "examples": list(self.examples),
             "resumed_at": self.resumed_at,
             "elapsed_s": round(self.elapsed_s, 3),
@@ -107,6 +115,12 @@ class ImportSummary:
             f"  rejected    {self.rejected}",
         ]
         for reason, count in self.reasons.most_common():
+            lines.append(f"    {count:>8}  {reason}")
+        lines.append(
+            f"  screened out {sum(self.screened_out.values())}  (stored, never retrieved: the checker's policy "
+            "refuses them)"
+        )
+        for reason, count in self.screened_out.most_common():
             lines.append(f"    {count:>8}  {reason}")
         if self.examples:
             lines.append("  first rejected records:")
@@ -370,6 +384,7 @@ def import_proofs(
             for key in ("read", "added", "duplicates", "rejected"):
                 setattr(summary, key, int(counts.get(key, 0)))
             summary.reasons.update(counts.get("reasons", {}))
+            summary.screened_out.update(counts.get("screened_out", {}))
             summary.examples = list(counts.get("examples", []))
             summary.resumed_at = summary.read
             logger.info("memory import: resuming %s after %d records", path, summary.read)
@@ -392,12 +407,15 @@ def import_proofs(
         )
 
     batch: list[VerifiedProof] = []
+    parallel = sum(f.stat().st_size for f in files) > PARALLEL_SCREEN_BYTES
+    screener = Screener(processes=None if parallel else 1)
 
     def flush(file_index: int, cursor: Cursor) -> None:
         if batch:
-            added = memory.add(batch)
-            summary.added += added
-            summary.duplicates += len(batch) - added
+            stored = memory.store(batch, screener=screener)
+            summary.added += stored.added
+            summary.duplicates += len(batch) - stored.added
+            summary.screened_out.update(stored.flagged)
             batch.clear()
         state.update(file=file_index, cursor=list(cursor), summary=summary.to_dict())
         _save_state(state_file, state)
@@ -431,6 +449,7 @@ def import_proofs(
                 bar.update(pending)
             pending = 0
     finally:
+        screener.close()
         if bar is not None:
             bar.close()
     summary.elapsed_s = time.monotonic() - started

@@ -13,7 +13,7 @@ Keys, all SHA-256 hex of normalised text:
 
 from __future__ import annotations
 
-__all__ = ["VerifiedProof", "body_hash", "point_id", "proof_hash", "statement_hash"]
+__all__ = ["SCREEN_REASON", "VerifiedProof", "body_hash", "point_id", "proof_hash", "statement_hash"]
 
 import hashlib
 import re
@@ -32,8 +32,22 @@ SCHEMA_VERSION = 1
 SPARSE_VECTOR = "lex"  # Lean-aware lexical tokens, BM25 weights, Qdrant IDF modifier
 DENSE_VECTOR = "dense"  # optional: an OpenAI-compatible /v1/embeddings model
 
-# Payload fields that carry a keyword index on a server (they appear in filters or in facets).
-KEYWORD_FIELDS = ("statement_hash", "body_hash", "proof_hash", "source", "model", "lean_version", "job_id")
+# The screening's verdict (screening.py): the rule of the checker's policy that refused the proof, or null
+# when it passed. A point with a reason is kept out of every search (an "is empty" filter, so points stored
+# before screening existed, which lack the field, count as admitted).
+SCREEN_REASON = "screen_reason"
+
+# Payload fields that carry an index (they appear in filters or in facets).
+KEYWORD_FIELDS = (
+    "statement_hash",
+    "body_hash",
+    "proof_hash",
+    "source",
+    "model",
+    "lean_version",
+    "job_id",
+    SCREEN_REASON,
+)
 FLOAT_FIELDS = ("created_at",)
 
 _DECL_NAME = re.compile(r"^((?:@\[[^\]]*\]\s*)?(?:(?:private|protected|nonrec)\s+)*)(theorem|lemma)\s+(«[^»]+»|\S+)")
@@ -117,14 +131,16 @@ class VerifiedProof:
     def tokens(self) -> list[str]:
         return normalized_statement_tokens(self.normalized)
 
-    def payload(self) -> dict[str, Any]:
-        """What a point carries: the record, its hashes (indexed for filters) and the schema version."""
+    def payload(self, screen_reason: str | None = None) -> dict[str, Any]:
+        """What a point carries: the record, its hashes (indexed for filters), the screening's verdict
+        (`screen_reason` None: admitted) and the schema version."""
         return {
             "schema": SCHEMA_VERSION,
             **self.to_record(),
             "statement_hash": self.statement_hash,
             "body_hash": self.body_hash,
             "proof_hash": self.proof_hash,
+            SCREEN_REASON: screen_reason,
         }
 
     @classmethod
