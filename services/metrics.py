@@ -280,13 +280,16 @@ def serve_worker_metrics(port: int, extra: Iterable[Any] = (), host: str = "0.0.
     return server
 
 
-def serve_for_worker(ctx: Any, env: dict[str, str] | None = None) -> ThreadingHTTPServer | None:
-    """`/metrics` of a worker process on OPROVER_METRICS_PORT (unset: none), with its pool's and memory's numbers.
+def serve_for_worker(
+    ctx: Any, port: int | None = None, env: dict[str, str] | None = None
+) -> ThreadingHTTPServer | None:
+    """`/metrics` of a worker process on `port` (`oprover worker --metrics-port`), else on OPROVER_METRICS_PORT
+    (unset: none), with its pool's and memory's numbers.
 
-    A port already taken (two workers of `oprover up` given the same port) costs this worker its /metrics, not its
-    work: it says so and goes on.
+    A port already taken costs this worker its /metrics, not its work: it says so and goes on.
     """
-    raw = (env if env is not None else os.environ).get(METRICS_PORT_ENV, "").strip()
+    raw = str(port) if port is not None else (env if env is not None else os.environ).get(METRICS_PORT_ENV, "")
+    raw = raw.strip()
     if not raw:
         return None
     try:

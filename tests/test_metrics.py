@@ -206,6 +206,7 @@ def test_a_worker_serves_metrics_only_on_a_free_configured_port():
     try:
         taken = str(first.server_address[1])
         assert metrics.serve_for_worker(Ctx(), env={"OPROVER_METRICS_PORT": taken}) is None  # goes on without
+        assert metrics.serve_for_worker(Ctx(), port=int(taken), env={}) is None  # --metrics-port alike
         assert httpx.get(f"http://127.0.0.1:{taken}/metrics", timeout=5).status_code == 200
     finally:
         first.shutdown()
