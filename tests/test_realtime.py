@@ -369,6 +369,7 @@ def test_a_generate_worker_holds_64_generations_in_flight_each_requested_once(
     bodies = [{"formal_statement": _load_statement("chains", i), "attempts": 4, "rounds": 1} for i in range(16)]
 
     jobs, requests = _run_load(service, generator, bodies, timeout_s=90)
+    print(f"16 jobs x 4 chains: {len(requests)} generation requests, peak {_peak_in_flight(requests)} in flight")
 
     unfinished = {job_id: job["status"] for job_id, job in jobs.items() if job["status"] != "failed"}
     assert not unfinished, f"jobs that did not end `failed` (no code in any completion): {unfinished}"
@@ -386,7 +387,13 @@ def test_done_when_80_jobs_keep_64_generations_in_flight_each_requested_once_wit
     """The issue's acceptance run: 80 jobs with the default rounds (4) and attempts (1), 320 generations."""
     bodies = [{"formal_statement": _load_statement("jobs", i)} for i in range(80)]
 
+    started = time.monotonic()
     jobs, requests = _run_load(service, generator, bodies, timeout_s=200)
+    ids = Counter(r["headers"].get("x-request-id") for r in requests)
+    print(  # the measurement, for `pytest -rP`
+        f"80 jobs in {time.monotonic() - started:.0f} s: {len(requests)} generation requests, {len(ids)} distinct ids, "
+        f"peak {_peak_in_flight(requests)} in flight, {len(_bad_lines(service.log()))} error lines in the log"
+    )
 
     unfinished = {job_id: job["status"] for job_id, job in jobs.items() if job["status"] != "failed"}
     assert not unfinished, f"jobs that did not end `failed` (no code in any completion): {unfinished}"
