@@ -6,6 +6,8 @@
 # switching). Mathlib's compiled cache is fetched at build time: the container never downloads at run time.
 # The toolchain, Mathlib and the repl belong to root and are read-only to the `lean` user the worker runs as;
 # each REPL additionally runs in its own network namespace with a private temp dir (services/lean/sandbox_launch.py).
+# The kernel replay program (services/lean/lean_files/OproverReplay.lean), whose verdict alone decides a pass, is
+# built here against the same Lean version.
 FROM python:3.11.11-slim-bookworm
 
 ARG LEAN_VERSION=v4.15.0
@@ -35,6 +37,13 @@ RUN git clone --depth 1 --branch "${LEAN_VERSION}" https://github.com/leanprover
  && cd repl && test "$(cat lean-toolchain)" = "leanprover/lean4:${LEAN_VERSION}" \
  && lake build \
  && git rev-parse HEAD > /opt/lean/REPL_REV
+# The kernel replay program: a small Lean executable on the same toolchain (it needs only Lean to build; at run
+# time `lake env` in the Mathlib project gives it Mathlib's modules to import). A build failure stops the image.
+COPY services/lean/lean_files /opt/lean/replay
+RUN cd /opt/lean/replay \
+ && echo "leanprover/lean4:${LEAN_VERSION}" > lean-toolchain \
+ && lake build \
+ && test -x .lake/build/bin/oprover-replay
 # Everything Lean-side read-only to the worker (and to any code Lean runs on its behalf). `lake env true` above
 # wrote the workspace's own caches first, so `lake env` at run time has nothing to write.
 RUN chmod -R a-w /opt/elan /opt/lean
@@ -49,10 +58,10 @@ COPY workers ./workers
 RUN pip install --no-cache-dir --no-deps .
 
 ENV OPROVER_LEAN_CMD="lake env /opt/lean/repl/.lake/build/bin/repl" \
+    OPROVER_LEAN_REPLAY_CMD="lake env /opt/lean/replay/.lake/build/bin/oprover-replay" \
     OPROVER_LEAN_CWD=/opt/lean/mathlib4 \
     OPROVER_LEAN_VERSION=${LEAN_VERSION} \
     OPROVER_LEAN_REPL_VERSION=${LEAN_VERSION}
-# Audit files for strict mode (services/lean/lean_files) are part of the installed package.
 USER lean
 # Healthy = the worker has at least one warm REPL (the header imported); Mathlib's import takes a while.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=600s --retries=3 \

@@ -66,6 +66,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
             queues = ([keys.MEMORY_QUEUE] if ctx.memory is not None else []) + [keys.GENERATE_QUEUE]
         else:
             require(settings.lean.cmd, "OPROVER_LEAN_CMD", "the verify worker starts its Lean REPLs with it")
+            require(settings.lean.replay_cmd, "OPROVER_LEAN_REPLAY_CMD", "only its kernel replay can confirm a pass")
             concurrency = args.concurrency or settings.lean.pool_size or os.cpu_count() or 1
             ctx = WorkerContext.build(settings, checker=True, pool_size=concurrency, concurrency=concurrency)
             queues = [f"{keys.VERIFY_QUEUE}-{settings.lean.version}"]

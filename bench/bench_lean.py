@@ -30,13 +30,17 @@ from services.lean import LeanChecker
 from services.lean.process import ReplProcess, SandboxConfig
 from services.settings import DEFAULT_LEAN_HEADER, LeanSettings
 from tests.standins.fake_repl import lean_cmd, write_table
+from tests.standins.fake_replay import replay_cmd, write_replay_table
 
 STATEMENT = "theorem bench_thm (x : ℝ) (h : 0 < x) : 0 < x ^ 2 := by sorry"
 PROOF = "theorem bench_thm (x : ℝ) (h : 0 < x) : 0 < x ^ 2 := by\n  positivity\n"
 
 
 def bench_pool(table: Path, repls: int, proofs: int, sandbox: bool) -> tuple[float, str]:
-    settings = LeanSettings(cmd=lean_cmd(table), pool_size=repls, spares=1, sandbox=sandbox, timeout_s=60)
+    replay = replay_cmd(write_replay_table(table.with_name("replay-table.json")))  # the stand-in kernel replay
+    settings = LeanSettings(
+        cmd=lean_cmd(table), replay_cmd=replay, pool_size=repls, spares=1, sandbox=sandbox, timeout_s=60
+    )
     checker = LeanChecker(settings)
     try:
         checker.start()

@@ -85,7 +85,15 @@ class LeanSettings(BaseModel):
     import_timeout_s: float = Field(900.0, gt=0, description="Limit of starting one REPL (importing the header).")
     sandbox_network: bool = Field(True, description="Give each REPL its own network namespace (fails closed).")
     sandbox_user: str = Field("nobody", description="Unprivileged user the REPL runs as when the worker is root.")
-    strict: bool = Field(False, description="Audit mode: also replay a passing proof in a fresh kernel environment.")
+    replay_cmd: str | None = Field(
+        None,
+        description="Command that starts the kernel replay program (services/lean/lean_files), which alone decides a "
+        "pass, e.g. `lake env /opt/lean/replay/.lake/build/bin/oprover-replay`.",
+    )
+    replay_timeout_s: float = Field(
+        600.0, gt=0, description="Wall-clock limit of one replay (a fresh process importing the header's modules)."
+    )
+    max_pickle_mb: int = Field(64, ge=1, description="Largest environment file a REPL may hand to the replay.")
     mathlib_version: str | None = Field(None, description="Mathlib revision announced (default: lake-manifest).")
     repl_version: str | None = Field(None, description="repl revision announced (default: unknown).")
     version: str = Field(

@@ -24,6 +24,7 @@ import redis
 from rq import Queue, Worker
 
 from tests.standins.fake_repl import lean_cmd, write_table
+from tests.standins.fake_replay import replay_cmd, write_replay_table
 from tests.standins.openai_server import StandinServer
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -72,8 +73,13 @@ class ServiceHarness:
     def lean_rules(self, rules: list[dict[str, Any]], **options: Any) -> Path:
         """Write the stand-in REPL's verdict table; workers started afterwards use it."""
         options.setdefault("default", "error")
+        kernel_rules = options.pop("kernel_rules", None)
         table = write_table(self.workdir / "repl-table.json", rules, **options)
         self.env["OPROVER_LEAN_CMD"] = lean_cmd(table)
+        # the stand-in kernel replay, which alone decides a pass: accepts every constant unless `kernel_rules` says
+        self.env["OPROVER_LEAN_REPLAY_CMD"] = replay_cmd(
+            write_replay_table(self.workdir / "replay-table.json", kernel_rules)
+        )
         return table
 
     # --- processes ----------------------------------------------------------------------------------------------
@@ -204,6 +210,7 @@ class OproverUp:
                 "OPROVER_REDIS_URL": redis_url,
                 "OPROVER_GENERATOR_URL": generator_url,
                 "OPROVER_LEAN_CMD": lean_cmd,
+                "OPROVER_LEAN_REPLAY_CMD": replay_cmd(write_replay_table(workdir / "replay-table.json")),
                 "OPROVER_LEAN_CWD": str(workdir / "lean-project"),
                 "OPROVER_QDRANT_PATH": str(workdir / "qdrant"),
             }

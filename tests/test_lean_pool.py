@@ -21,6 +21,7 @@ RULES = [
     {"match": "BLOW_UP", "outcome": "memory", "memory_mb": 4096},
     {"match": "GROW_ME", "outcome": "pass", "rss_mb": 120},
     {"match": "SLOW_ME", "outcome": "pass", "check_s": 0.4},
+    {"match": "SLOW_NO", "outcome": "error", "check_s": 0.4},
     PASS_POSITIVITY,
 ]
 
@@ -114,11 +115,12 @@ def test_several_checks_in_flight_and_a_hang_does_not_delay_the_others(tmp_path)
         hang.start()
         started = time.monotonic()
         for k in range(4):
-            run(f"slow{k}", "SLOW_ME")  # one after another on the second REPL while the first hangs
+            run(f"slow{k}", "SLOW_NO")  # one after another on the second REPL while the first hangs
         assert time.monotonic() - started < 2.8
         hang.join()
         assert results.pop("hang") is Verdict.TIMEOUT
-        assert set(results.values()) == {Verdict.PASS}
+        assert set(results.values()) == {Verdict.FAIL}
+        assert checker.check(GOOD_PROOF, formal_statement=STATEMENT).verdict is Verdict.PASS
 
 
 def test_checks_run_in_parallel(tmp_path) -> None:
@@ -126,8 +128,9 @@ def test_checks_run_in_parallel(tmp_path) -> None:
         checker.start()
         while checker.pool._ready.qsize() < 2:
             time.sleep(0.01)
+        # Failing checks: a claimed pass also costs the trusted path (tests/test_lean_replay.py).
         threads = [
-            threading.Thread(target=checker.check, args=(proof("SLOW_ME"),), kwargs={"formal_statement": STATEMENT})
+            threading.Thread(target=checker.check, args=(proof("SLOW_NO"),), kwargs={"formal_statement": STATEMENT})
             for _ in range(4)
         ]
         started = time.monotonic()

@@ -29,7 +29,7 @@ echo "0123456789abcdef0123456789abcdef01234567" > "$target/.git/HEAD"
 LAKE = """
 case "$*" in
   "exe cache get") mkdir -p .lake/build ;;
-  "build") mkdir -p .lake/build/bin && touch .lake/build/bin/repl ;;
+  "build") mkdir -p .lake/build/bin && touch .lake/build/bin/repl .lake/build/bin/oprover-replay ;;
 esac
 """
 
@@ -73,8 +73,13 @@ def test_fresh_setup_runs_every_step_and_prints_settings(tmp_path, tool_env) -> 
         ("git", "lean", f"clone --depth 1 --branch v4.15.0 https://github.com/leanprover-community/repl {root}/repl"),
         ("lake", "mathlib4", "exe cache get"),
         ("lake", "repl", "build"),
+        ("lake", "replay", "build"),
     ]
     assert f"OPROVER_LEAN_CMD='lake env {root}/repl/.lake/build/bin/repl'" in lines
+    assert f"OPROVER_LEAN_REPLAY_CMD='lake env {root}/replay/.lake/build/bin/oprover-replay'" in lines
+    replay = root / "replay"
+    assert (replay / "OproverReplay.lean").exists() and (replay / "lakefile.lean").exists()
+    assert (replay / "lean-toolchain").read_text() == "leanprover/lean4:v4.15.0\n"
     assert f"OPROVER_LEAN_CWD={root}/mathlib4" in lines
     assert "OPROVER_LEAN_VERSION=v4.15.0" in lines
     assert "OPROVER_LEAN_MATHLIB_VERSION=0123456789abcdef0123456789abcdef01234567" in lines

@@ -1,7 +1,8 @@
 """Checks against the real parts, for the machines that have them (deselected by `make test`).
 
-- `pytest -m lean` inside the Lean image (Dockerfile.lean sets OPROVER_LEAN_CMD and OPROVER_LEAN_CWD): the
-  checker against a real leanprover-community/repl with Mathlib.
+- `pytest -m lean` inside the Lean image (Dockerfile.lean sets OPROVER_LEAN_CMD, OPROVER_LEAN_REPLAY_CMD and
+  OPROVER_LEAN_CWD): the checker against a real leanprover-community/repl with Mathlib, every pass decided by the
+  real kernel replay program.
 - `pytest -m gpu` with OPROVER_GENERATOR_URL pointing at SGLang serving OProver: one real generation.
 """
 
@@ -21,10 +22,17 @@ STATEMENT = "theorem real_stack_add_comm (a b : ℕ) : a + b = b + a := by sorry
 def checker():
     from services.lean import LeanChecker
 
-    if not (os.environ.get("OPROVER_LEAN_CMD") and os.environ.get("OPROVER_LEAN_CWD")):
-        pytest.fail("the `lean` tests run in the Lean image: OPROVER_LEAN_CMD and OPROVER_LEAN_CWD must be set")
+    names = ("OPROVER_LEAN_CMD", "OPROVER_LEAN_CWD", "OPROVER_LEAN_REPLAY_CMD")
+    if not all(os.environ.get(name) for name in names):
+        pytest.fail(f"the `lean` tests run in the Lean image: {', '.join(names)} must be set")
     checker = LeanChecker(
-        LeanSettings(cmd=os.environ["OPROVER_LEAN_CMD"], cwd=os.environ["OPROVER_LEAN_CWD"], pool_size=1, timeout_s=300)
+        LeanSettings(
+            cmd=os.environ["OPROVER_LEAN_CMD"],
+            cwd=os.environ["OPROVER_LEAN_CWD"],
+            replay_cmd=os.environ["OPROVER_LEAN_REPLAY_CMD"],
+            pool_size=1,
+            timeout_s=300,
+        )
     )
     checker.start()
     yield checker
@@ -37,6 +45,7 @@ def checker():
     ("body", "verdict"),
     [
         pytest.param("  omega", Verdict.PASS, id="genuine"),
+        pytest.param("  omega", Verdict.PASS, id="genuine-on-a-reused-repl"),  # repeated in a fresh REPL, replayed
         pytest.param("  rfl", Verdict.FAIL, id="wrong-tactic"),
         pytest.param("  sorry", Verdict.REJECTED, id="sorry"),
         pytest.param("  native_decide", Verdict.REJECTED, id="native-decide"),

@@ -45,10 +45,10 @@ class Dispatcher:
 
     @property
     def verify_timeout_s(self) -> int:
-        # Above the checker's worst case: waiting for a REPL to be (re)started, the compile, the type and
-        # `#print axioms` commands, and the strict replay; RQ's timeout must never cut a check in half.
+        # Above the checker's worst case: waiting for a REPL to be (re)started, the check in it, a claimed pass
+        # repeated in a REPL started for it, and the kernel replay; RQ's timeout must never cut a check in half.
         lean = self.settings.lean
-        return int(lean.import_timeout_s + 4 * lean.timeout_s + 60)
+        return int(2 * lean.import_timeout_s + 2 * lean.timeout_s + lean.replay_timeout_s + 60)
 
     def _retry(self) -> Retry | None:
         worker = self.settings.worker

@@ -1,16 +1,26 @@
-"""`LeanChecker`: theorem and code in, a verdict out, failing closed at every step (DESIGN §5).
+"""`LeanChecker`: theorem and code in, a verdict out, failing closed at every step (docs/lean.md).
+
+The fast path, in a warm REPL reused across checks, can only say "not a pass":
 
 1. text policy on the model's code (`policy.compose`): a violation is `rejected` before Lean sees anything;
 2. the requested statement is imposed: Lean compiles the helpers as one command, then the statement verbatim +
    the model's body as a second command on the helpers' environment;
-3. compile in the header's environment of a warm REPL: any error, any sorry (listed or as the warning in either
-   quote style), a heartbeat/recursion-limit message, a `{"message": ...}` reply, a timeout, EOF or an
-   unparseable reply is not a pass;
-4. `#print axioms` on the target (every named theorem without a statement) as a separate command: its standard
-   answer must be seen and list only propext, Classical.choice, Quot.sound;
-5. a type check that trusts no text rule: `#check @_root_.<target>` under `pp.all` on the final environment must
-   print exactly what it prints for the requested statement elaborated alone on the header's environment;
-6. optionally (`strict`), replay in a fresh kernel environment and compare the type with the reference.
+3. compile in the header's environment: any error, any sorry (listed or as the warning in either quote style), a
+   heartbeat/recursion-limit message, a `{"message": ...}` reply, a timeout, EOF or an unparseable reply is not
+   a pass;
+4. `#print axioms` on the target (every named theorem without a statement): its standard answer must be seen and
+   list only propext, Classical.choice, Quot.sound;
+5. `#check @_root_.<target>` under `pp.all` must print what it prints for the requested statement alone.
+
+Everything the REPL says there could have been written by the code it ran. So a claimed pass goes to the trusted
+path, whose verdict alone is the check's:
+
+6. a REPL that has run no check yet elaborates the requested statement (proved by `sorry`) and writes that
+   environment to a file (`pickleTo`), which is taken out of its reach, before any model code is sent to it;
+   then it compiles the model's commands and writes the resulting environment to a second file;
+7. `replay.run_replay`: a fresh sandboxed process that never elaborates or runs anything submitted replays
+   every new constant of that file through the kernel, compares the theorem's type with the reference's as an
+   `Expr` and collects its axioms from the replayed constants. Its verdict decides.
 
 A proof that crashes or hangs its REPL gets `error`/`timeout` and the process is killed and replaced; only
 infrastructure failures that a retry could fix raise `LeanError`.
@@ -20,6 +30,8 @@ from __future__ import annotations
 
 import logging
 import re
+import secrets
+import shutil
 import threading
 import time
 from dataclasses import dataclass, field
@@ -27,14 +39,14 @@ from pathlib import Path
 from typing import Any
 
 from services.domain import Verdict
-from services.errors import RequestError
+from services.errors import LeanError, RequestError
 from services.lean.feedback import build_feedback
 from services.lean.policy import STANDARD_AXIOMS, Composed, compose, header_parts, parse_axioms_answer
 from services.lean.pool import HeaderError, Lease, ReplPool
 from services.lean.process import ReplFailure
 from services.lean.protocol import LeanMessage, ReplReply, Sorry
+from services.lean.replay import PickleError, new_workdir, run_replay, take_pickle
 from services.lean.setup import mathlib_revision
-from services.lean.strict import run_strict
 from services.leantext import parse_statement
 from services.settings import LeanSettings
 
@@ -43,7 +55,7 @@ logger = logging.getLogger(__name__)
 _SORRY_WARNING = re.compile(r"declaration uses ['\"]sorry['\"]")
 _RESOURCE_MESSAGE = re.compile(r"\(deterministic\) timeout|maxHeartbeats|maximum recursion depth", re.I)
 _TYPE_COMMAND = "set_option pp.all true in\n#check @_root_.{name}"
-REFERENCE_CACHE = 4096  # requested statements whose printed type is remembered
+REFERENCE_CACHE = 4096  # requested statements whose printed type (fast path only) is remembered
 # Modules the usual headers import that `import Mathlib` already brings in.
 _COVERED_BY_MATHLIB = ("Mathlib", "Aesop", "Batteries", "Lean", "Std", "Qq", "ProofWidgets", "Plausible", "Init")
 
@@ -78,11 +90,31 @@ def queue_name_for(version: str) -> str:
     return "verify-" + (version if version.startswith("v") else f"v{version}")
 
 
+@dataclass(frozen=True)
+class _Outcome:
+    """What a stage concluded: the verdict and what to tell about it."""
+
+    verdict: Verdict
+    messages: list[LeanMessage]
+    detail: str = ""
+    axioms: list[str] | None = None
+    sorries: tuple[Sorry, ...] = ()
+    env: int | None = None  # the REPL environment a compile ended in
+    candidate: Path | None = None  # a claimed pass's environment file, written by a REPL that ran no other check
+    reference: Path | None = None  # the requested statement's, written before that REPL saw model code
+
+
 class LeanChecker:
     def __init__(self, settings: LeanSettings) -> None:
+        if not settings.replay_cmd:
+            raise LeanError(
+                "OPROVER_LEAN_REPLAY_CMD is not set: without the kernel replay no proof can pass", transient=False
+            )
         self.settings = settings
         self.pool = ReplPool(settings)
         self._static_versions = _configured_versions(settings)
+        # Printed reference types for the fast path's `#check` filter, written only by a REPL that had run no
+        # model code when it printed them (the trusted path's fresh REPL, before the model's commands).
         self._reference_types: dict[tuple[str, str], str] = {}
         self._reference_lock = threading.Lock()
 
@@ -148,63 +180,163 @@ class LeanChecker:
             )
 
         limit = self.settings.timeout_s if timeout_s is None else timeout_s
-        with self.pool.lease() as lease:
-            deadline = time.monotonic() + limit
+        names = [composed.target] if composed.target else composed.theorems
+        workdir = new_workdir()
+        try:
+            with self.pool.lease() as lease:
+                # A REPL that has run no check yet can make the claim the replay checks (step 6) at once.
+                trusted = lease.repl.checks == 0
+                claim = self._run(lease, composed, formal_statement, header, rest, limit, workdir if trusted else None)
+            if claim.verdict is Verdict.PASS and claim.candidate is None:
+                # Claimed by a REPL that ran other checks' code before, which may be what answered: the check is
+                # repeated in a REPL that has run none.
+                with self.pool.fresh() as lease:
+                    again = self._run(lease, composed, formal_statement, header, rest, limit, workdir)
+                if again.verdict is not Verdict.PASS:
+                    logger.warning("a claimed pass did not hold in a fresh REPL: %s", again.detail)
+                    detail = f"in a REPL that ran no other check: {again.detail}"
+                    return done(again.verdict, [*claim.messages, *again.messages], again.axioms, again.sorries, detail)
+                claim = again
+            if claim.verdict is not Verdict.PASS or claim.candidate is None:
+                return done(claim.verdict, claim.messages, claim.axioms, claim.sorries, claim.detail)
+            # The REPL that wrote the files is no longer asked anything; the replay alone decides.
+            replayed = run_replay(
+                self.settings,
+                workdir=workdir,
+                candidate=claim.candidate,
+                reference=claim.reference,
+                imports=imports,
+                theorems=names,
+            )
+        finally:
+            shutil.rmtree(workdir, ignore_errors=True)
+        if replayed.ok:
+            return done(Verdict.PASS, claim.messages, replayed.axioms, claim.sorries)
+        if replayed.infrastructure:
+            detail = f"the kernel replay could not judge the proof: {replayed.reason}"
+            return done(Verdict.ERROR, [*claim.messages, LeanMessage("error", detail, source="checker")], detail=detail)
+        detail = f"the kernel replay refused the proof: {replayed.reason}"
+        note = LeanMessage("error", detail, source="checker")
+        return done(Verdict.FAIL, [*claim.messages, note], replayed.axioms, claim.sorries, detail)
+
+    def _run(
+        self,
+        lease: Lease,
+        composed: Composed,
+        formal_statement: str | None,
+        header: str,
+        rest: str,
+        limit: float,
+        workdir: Path | None,
+    ) -> _Outcome:
+        """Steps 2-5 in the leased REPL: a failure is final, a pass only a claim. With `workdir` (the REPL has run
+        no check before) also step 6: the reference is elaborated and written to a file before any model code is
+        sent, and a claimed pass leaves the environment file the replay reads."""
+        deadline = time.monotonic() + limit
+        try:
             try:
-                try:
-                    env = header_env = lease.repl.header_env(rest, deadline)
-                except HeaderError as exc:
-                    raise RequestError(str(exc), param="header", code="invalid_header") from exc
-                messages: list[LeanMessage] = []
-                sorries: tuple[Sorry, ...] = ()
-                for command in composed.commands:
-                    reply = lease.process.request(command, env, deadline=deadline)
-                    verdict, new_messages, detail = self._judge(reply, composed)
-                    messages += new_messages
-                    sorries += reply.sorries
-                    if reply.error is not None:
-                        lease.broken = f"error reply: {reply.error}"
-                    if verdict is not Verdict.PASS or reply.env is None:
-                        return done(verdict, messages, sorries=sorries, detail=detail)
-                    env = reply.env
-                names = [composed.target] if composed.target else composed.theorems
-                axioms, problem = self._axioms(lease, names, env, deadline)
-                if not problem and composed.target and formal_statement is not None:
-                    problem = self._same_type(
-                        lease, composed.target, env, header_env, formal_statement, header, deadline
-                    )
-            except ReplFailure as failure:
-                lease.broken = f"{failure.kind}: {failure.detail}"
-                logger.info("check ended by %s: %s", failure.kind, failure.detail)
-                verdict = Verdict.TIMEOUT if failure.kind == "timeout" else Verdict.ERROR
-                if verdict is Verdict.TIMEOUT:
-                    detail = f"no answer within {limit:g} s; the Lean process was killed"
-                else:
-                    detail = _failure_text(failure)
-                note = LeanMessage(severity="error", data=detail, source="checker")
-                return done(verdict, [note], detail=detail)
-        if not problem and self.settings.strict and composed.target and formal_statement is not None:
-            reference = header.rstrip("\n") + "\n\n" + parse_statement(formal_statement).head + " by\n  sorry\n"
-            strict = run_strict(self.settings, compiled=compiled, reference=reference, name=composed.target)
-            problem = "" if strict.ok else f"strict mode: {strict.reason}"
-        if problem:
-            note = LeanMessage(severity="error", data=problem, source="checker")
-            return done(Verdict.FAIL, [*messages, note], axioms=axioms, detail=problem)
-        return done(Verdict.PASS, messages, axioms=axioms)
+                header_env = lease.repl.header_env(rest, deadline)
+            except HeaderError as exc:
+                raise RequestError(str(exc), param="header", code="invalid_header") from exc
+            reference = None
+            if workdir is not None and composed.target and formal_statement is not None:
+                reference, problem = self._reference(
+                    lease, composed.target, header_env, formal_statement, header, workdir, deadline
+                )
+                if reference is None:
+                    return _Outcome(Verdict.FAIL, [LeanMessage("error", problem, source="checker")], problem)
+            compiled = self._compile(lease, composed, header_env, deadline)
+            if compiled.verdict is not Verdict.PASS or compiled.env is None:
+                return compiled
+            names = [composed.target] if composed.target else composed.theorems
+            axioms, problem = self._axioms(lease, names, compiled.env, deadline)
+            if not problem and composed.target and formal_statement is not None:
+                problem = self._same_type(
+                    lease, composed.target, compiled.env, header_env, formal_statement, header, deadline
+                )
+            if problem:
+                note = LeanMessage(severity="error", data=problem, source="checker")
+                return _Outcome(Verdict.FAIL, [*compiled.messages, note], problem, axioms, compiled.sorries)
+            candidate = None
+            if workdir is not None:
+                candidate = self._pickle(lease, compiled.env, workdir, "candidate", deadline)
+        except ReplFailure as failure:
+            lease.broken = f"{failure.kind}: {failure.detail}"
+            return _failure_outcome(failure, limit)
+        except PickleError as exc:
+            lease.broken = f"environment file refused: {exc}"
+            detail = f"the REPL's environment file was refused: {exc}"
+            return _Outcome(Verdict.ERROR, [LeanMessage("error", detail, source="checker")], detail)
+        return _Outcome(
+            Verdict.PASS, compiled.messages, "", axioms, compiled.sorries, compiled.env, candidate, reference
+        )
+
+    def _compile(self, lease: Lease, composed: Composed, env: int, deadline: float) -> _Outcome:
+        """Send the composed commands one after another; a pass carries the environment they ended in."""
+        messages: list[LeanMessage] = []
+        sorries: tuple[Sorry, ...] = ()
+        for command in composed.commands:
+            reply = lease.process.request(command, env, deadline=deadline)
+            verdict, new_messages, detail = self._judge(reply, composed)
+            messages += new_messages
+            sorries += reply.sorries
+            if reply.error is not None:
+                lease.broken = f"error reply: {reply.error}"
+            if verdict is not Verdict.PASS or reply.env is None:
+                return _Outcome(verdict, messages, detail, None, sorries)
+            env = reply.env
+        return _Outcome(Verdict.PASS, messages, "", None, sorries, env)
+
+    def _reference(
+        self,
+        lease: Lease,
+        name: str,
+        header_env: int,
+        formal_statement: str,
+        header: str,
+        workdir: Path,
+        deadline: float,
+    ) -> tuple[Path | None, str]:
+        """The requested statement proved by `sorry`, elaborated by a REPL that has seen no model code: its
+        environment file (the replay's reference type) and its printed type (the fast path's filter)."""
+        statement = parse_statement(formal_statement).head + " by\n  sorry"
+        reply = lease.process.request(statement, header_env, deadline=deadline)
+        errors = [m.data for m in reply.messages if m.is_error]
+        if reply.error is not None or errors or reply.env is None:
+            why = reply.error or "; ".join(errors) or "no environment"
+            return None, f"the requested statement does not elaborate on its own ({why})"
+        printed, problem = _type_of(lease, name, reply.env, deadline)
+        if not problem:
+            self._remember_reference((header, formal_statement), printed)
+        return self._pickle(lease, reply.env, workdir, "reference", deadline), ""
+
+    def _pickle(self, lease: Lease, env: int, workdir: Path, what: str, deadline: float) -> Path:
+        """Have the REPL write environment `env` into its private dir, then take the file out of its reach."""
+        source = lease.process.tmpdir / f"{what}-{secrets.token_hex(8)}.olean"
+        reply = lease.process.pickle(env, source, deadline=deadline)
+        if reply.error is not None or reply.env != env:
+            raise PickleError(f"`pickleTo` failed: {reply.error or reply.raw}")
+        return take_pickle(source, workdir / f"{what}.olean", self.settings.max_pickle_mb << 20)
+
+    def _remember_reference(self, key: tuple[str, str], printed: str) -> None:
+        with self._reference_lock:
+            if key not in self._reference_types and len(self._reference_types) >= REFERENCE_CACHE:
+                self._reference_types.pop(next(iter(self._reference_types)))
+            self._reference_types[key] = printed
 
     def _same_type(
         self, lease: Lease, name: str, env: int, header_env: int, formal_statement: str, header: str, deadline: float
     ) -> str:
-        """The type check that does not trust the text policy: Lean prints (`pp.all`) the type of `_root_.<name>`
-        in the final environment and in the header's environment plus the requested statement proved by `sorry`;
-        the two must be the same text (both printed by the same Lean, so a swallowed, renamed, redeclared or
-        weakened target, or one elaborated with other instances, prints differently). Returns a problem or ""."""
+        """The fast path's type filter: Lean prints (`pp.all`) the type of `_root_.<name>` in the final environment
+        and for the requested statement proved by `sorry`; the two must be the same text. The reference text
+        comes from the cache (filled only by a REPL that had run no model code) or is printed here and not kept:
+        this REPL may run code that lies. Catches a swallowed, renamed, redeclared or weakened target early;
+        the replay's `Expr` comparison is what decides. Returns a problem or ""."""
         got, problem = _type_of(lease, name, env, deadline)
         if problem:
             return f"the type check of `{name}` failed: {problem}"
-        key = (header, formal_statement)
         with self._reference_lock:
-            expected = self._reference_types.get(key)
+            expected = self._reference_types.get((header, formal_statement))
         if expected is None:
             reference = parse_statement(formal_statement).head + " by\n  sorry"
             reply = lease.process.request(reference, header_env, deadline=deadline)
@@ -215,10 +347,6 @@ class LeanChecker:
             expected, problem = _type_of(lease, name, reply.env, deadline)
             if problem:
                 return f"the type check of the requested statement failed: {problem}"
-            with self._reference_lock:
-                if len(self._reference_types) >= REFERENCE_CACHE:
-                    self._reference_types.pop(next(iter(self._reference_types)))
-                self._reference_types[key] = expected
         if " ".join(got.split()) != " ".join(expected.split()):
             return (
                 f"`{name}` in the checked environment is not the requested theorem: Lean prints its type as "
@@ -227,19 +355,7 @@ class LeanChecker:
         return ""
 
     def _require_covered(self, imports: list[str]) -> None:
-        have = set(self.pool.imports)
-        for module in imports:
-            root = module.split(".")[0]
-            if module in have or any(module.startswith(m + ".") for m in have):
-                continue
-            if "Mathlib" in have and root in _COVERED_BY_MATHLIB:
-                continue
-            raise RequestError(
-                f"header imports {module}, which this Lean worker does not load (it imports "
-                f"{', '.join(self.pool.imports) or 'nothing'})",
-                param="header",
-                code="unsupported_import",
-            )
+        require_imports_loaded(imports, self.pool.imports)
 
     @staticmethod
     def _map(message: LeanMessage, composed: Composed) -> LeanMessage:
@@ -295,6 +411,25 @@ class LeanChecker:
         return found, ""
 
 
+def require_imports_loaded(imports: list[str], loaded: list[str]) -> None:
+    """Raise a `RequestError` (param `header`) for a requested import the REPLs, which import `loaded`, lack.
+
+    Also used by the gateway, which refuses such a request before enqueueing it."""
+    have = set(loaded)
+    for module in imports:
+        root = module.split(".")[0]
+        if module in have or any(module.startswith(m + ".") for m in have):
+            continue
+        if "Mathlib" in have and root in _COVERED_BY_MATHLIB:
+            continue
+        raise RequestError(
+            f"header imports {module}, which this Lean worker does not load (it imports "
+            f"{', '.join(loaded) or 'nothing'})",
+            param="header",
+            code="unsupported_import",
+        )
+
+
 def _type_of(lease: Lease, name: str, env: int, deadline: float) -> tuple[str, str]:
     """(what `#check @_root_.<name>` prints with `pp.all`, problem or ""): exactly one info message, no error."""
     reply = lease.process.request(_TYPE_COMMAND.format(name=name), env, deadline=deadline)
@@ -305,6 +440,16 @@ def _type_of(lease: Lease, name: str, env: int, deadline: float) -> tuple[str, s
     if errors or len(infos) != 1 or not infos[0].strip():
         return "", "; ".join(errors) or f"expected one answer, got {len(infos)}"
     return infos[0], ""
+
+
+def _failure_outcome(failure: ReplFailure, limit: float) -> _Outcome:
+    logger.info("check ended by %s: %s", failure.kind, failure.detail)
+    if failure.kind == "timeout":
+        detail = f"no answer within {limit:g} s; the Lean process was killed"
+        verdict = Verdict.TIMEOUT
+    else:
+        detail, verdict = _failure_text(failure), Verdict.ERROR
+    return _Outcome(verdict, [LeanMessage(severity="error", data=detail, source="checker")], detail)
 
 
 def _clip(text: str, limit: int = 300) -> str:

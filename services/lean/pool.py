@@ -237,6 +237,56 @@ class ReplPool:
                 self._give_back(lease)
             self._slots.release()
 
+    @contextlib.contextmanager
+    def fresh(self, wait_s: float | None = None) -> Iterator[Lease]:
+        """A REPL that has run no check yet, for one check, killed afterwards.
+
+        What such a process says and writes cannot come from code an earlier check left running in it (a REPL
+        reused across checks can be told what to answer by a previous check's code: its stdout is the reply
+        channel). It is a warm one from the pool when one is ready (a replacement starts at once), else a new
+        one started now."""
+        if not self._started:
+            self.start(wait=False)
+        wait_s = self.settings.import_timeout_s if wait_s is None else wait_s
+        if not self._slots.acquire(timeout=wait_s):
+            raise LeanError("every REPL stayed busy for the whole wait", transient=True)
+        pooled = False
+        repl: Repl | None = None
+        try:
+            repl = self._take_unused()
+            pooled = repl is not None
+            if repl is None:
+                try:
+                    repl = self._spawn()
+                except SpawnError as exc:
+                    raise LeanError(f"no fresh REPL could be started: {exc}", transient=exc.transient) from exc
+            lease = Lease(repl)
+            yield lease
+        finally:
+            if repl is not None:
+                if pooled:
+                    self._discard(repl, reason="used for a trusted check", kill=True)
+                else:
+                    repl.process.kill()
+            self._slots.release()
+
+    def _take_unused(self) -> Repl | None:
+        """A ready REPL that has run no check, if there is one (the others go back in the queue)."""
+        seen: list[Repl] = []
+        found: Repl | None = None
+        while True:
+            try:
+                repl = self._ready.get_nowait()
+            except queue.Empty:
+                break
+            if found is None and repl.checks == 0 and repl.process.alive():
+                found = repl
+            else:
+                seen.append(repl)
+        for repl in seen:
+            self._ready.put(repl)
+        return found
+
     def _take(self, deadline: float) -> Repl:
         while True:
             try:

@@ -28,7 +28,7 @@ from typing import Any
 
 import psutil
 
-from services.lean.protocol import ProtocolError, ReplReply, decode_reply, encode_command
+from services.lean.protocol import ProtocolError, ReplReply, decode_reply, encode_command, encode_pickle
 
 logger = logging.getLogger(__name__)
 
@@ -80,6 +80,19 @@ class SandboxConfig:
     user: str | None = "nobody"  # used only when the worker runs as root
     address_space_mb: int = 0
     cpu_limit_s: int = 0
+
+
+def sandbox_argv(cfg: SandboxConfig, private_dir: Path) -> list[str]:
+    """The launcher prefix that isolates a Lean process (network, rlimits, unprivileged user); `private_dir` (its
+    TMPDIR/HOME) is handed to that user. Used for the REPLs and for the replay program."""
+    launcher = [sys.executable, "-I", "-S", str(LAUNCHER), "--net", "isolate" if cfg.network else "keep"]
+    launcher += ["--as-mb", str(cfg.address_space_mb), "--cpu-s", str(cfg.cpu_limit_s)]
+    if os.geteuid() == 0 and cfg.user:
+        entry = pwd.getpwnam(cfg.user)
+        os.chown(private_dir, entry.pw_uid, entry.pw_gid)
+        launcher += ["--uid", str(entry.pw_uid), "--gid", str(entry.pw_gid)]
+    os.chmod(private_dir, 0o700)
+    return [*launcher, "--"]
 
 
 def child_environment(base: dict[str, str] | None = None) -> dict[str, str]:
@@ -135,15 +148,7 @@ class ReplProcess:
         os.set_blocking(self.proc.stdout.fileno(), False)  # type: ignore[union-attr]
 
     def _sandboxed(self, argv: list[str]) -> list[str]:
-        cfg = self.sandbox
-        launcher = [sys.executable, "-I", "-S", str(LAUNCHER), "--net", "isolate" if cfg.network else "keep"]
-        launcher += ["--as-mb", str(cfg.address_space_mb), "--cpu-s", str(cfg.cpu_limit_s)]
-        if os.geteuid() == 0 and cfg.user:
-            entry = pwd.getpwnam(cfg.user)
-            os.chown(self.tmpdir, entry.pw_uid, entry.pw_gid)
-            launcher += ["--uid", str(entry.pw_uid), "--gid", str(entry.pw_gid)]
-        os.chmod(self.tmpdir, 0o700)
-        return [*launcher, "--", *argv]
+        return [*sandbox_argv(self.sandbox, self.tmpdir), *argv]
 
     # -- diagnostics ---------------------------------------------------------------------------------------
     def _drain_stderr(self) -> None:
@@ -194,12 +199,39 @@ class ReplProcess:
     # -- requests ------------------------------------------------------------------------------------------
     def request(self, cmd: str, env: int | None, *, deadline: float) -> ReplReply:
         """Send one command and wait for its reply until `deadline` (time.monotonic())."""
-        self._write(encode_command(cmd, env), deadline)
+        return self._exchange(encode_command(cmd, env), deadline)
+
+    def pickle(self, env: int, path: Path, *, deadline: float) -> ReplReply:
+        """`pickleTo`: have the repl write environment `env` to `path` (an .olean; see services/lean/replay.py)."""
+        return self._exchange(encode_pickle(str(path), env), deadline)
+
+    def _exchange(self, request: bytes, deadline: float) -> ReplReply:
+        # Lean code shares the repl's stdout, which is the reply channel. Output that is not the one reply to the
+        # one request in flight (written ahead, or after the reply) is forged or stray: the process is not
+        # trusted with another request. (A pass never rests on these replies: services/lean/replay.py.)
+        self._refuse_stray_output()
+        self._write(request, deadline)
         text = self._read_reply(deadline)
+        if self._buffer.strip():
+            raise ReplProtocolFailure(f"output after the reply: {self._buffer[:200]!r}")
         try:
             return decode_reply(text)
         except ProtocolError as exc:
             raise ReplProtocolFailure(str(exc)) from exc
+
+    def _refuse_stray_output(self) -> None:
+        fd = self.proc.stdout.fileno()  # type: ignore[union-attr]
+        readable, _, _ = select.select([fd], [], [], 0)
+        if readable:
+            try:
+                chunk = os.read(fd, 1 << 16)
+            except BlockingIOError:
+                chunk = b""
+            if not chunk:  # EOF: the process is gone; the write below reports it
+                return
+            self._buffer += chunk
+        if self._buffer.strip():
+            raise ReplProtocolFailure(f"output outside a reply: {self._buffer[:200]!r}")
 
     def _write(self, data: bytes, deadline: float) -> None:
         stdin = self.proc.stdin

@@ -92,6 +92,12 @@ def encode_command(cmd: str, env: int | None = None, **extra: Any) -> bytes:
     return (line + "\n\n").encode("utf-8")
 
 
+def encode_pickle(path: str, env: int) -> bytes:
+    """`{"pickleTo": PATH, "env": N}`: the repl writes environment N (its imports and the constants it added on top
+    of them) to PATH as an .olean and answers `{"env": N}` (repl test pickle_environment)."""
+    return (json.dumps({"pickleTo": path, "env": env}, ensure_ascii=False) + "\n\n").encode("utf-8")
+
+
 def _pos(value: Any, what: str) -> Pos | None:
     if value is None:
         return None

@@ -4,6 +4,7 @@ Layout (the one Kimina Lean Server and our Dockerfile.lean use as well):
 
     DIR/mathlib4   Mathlib at tag V, its compiled cache fetched (`lake exe cache get`): the Lean project (cwd)
     DIR/repl       leanprover-community/repl at tag V, built (`lake build`)
+    DIR/replay     the kernel replay program (services/lean/lean_files), built on the same toolchain
 
 Both repositories tag each Lean release (`v4.15.0`, ...), so one version pins all three. Every step is skipped
 when already done, so a failed run can simply be run again; each failure names the step and the likely cause
@@ -19,6 +20,7 @@ import subprocess
 from collections.abc import Callable, Mapping
 from pathlib import Path
 
+LEAN_FILES = Path(__file__).with_name("lean_files")  # the replay program's sources, shipped with the package
 MATHLIB_GIT = "https://github.com/leanprover-community/mathlib4"
 REPL_GIT = "https://github.com/leanprover-community/repl"
 MIN_FREE_GB = 12.0  # toolchain ~1 GB, Mathlib sources + cache ~6-8 GB, room for the repl build
@@ -76,12 +78,23 @@ def setup_lean_project(
             _step(out, "build the repl", ["lake", "build"], repl, run_env)
         if not binary.exists():
             raise SetupFailed(f"`lake build` finished but {binary} does not exist")
+        replay = directory / "replay"
+        replay_binary = replay / ".lake" / "build" / "bin" / "oprover-replay"
+        if not replay_binary.exists():
+            replay.mkdir(exist_ok=True)
+            for source in LEAN_FILES.glob("*.lean"):
+                shutil.copy2(source, replay / source.name)
+            (replay / "lean-toolchain").write_text(toolchain + "\n", encoding="utf-8")
+            _step(out, "build the kernel replay program", ["lake", "build"], replay, run_env)
+        if not replay_binary.exists():
+            raise SetupFailed(f"`lake build` finished but {replay_binary} does not exist")
     except SetupFailed as exc:
         out(f"oprover lean setup failed: {exc}")
         return exc.code
     mathlib_rev = mathlib_revision(mathlib) or version
     out("Lean is ready. Use these settings (e.g. in .env):")
     out(f"OPROVER_LEAN_CMD='lake env {binary}'")
+    out(f"OPROVER_LEAN_REPLAY_CMD='lake env {replay_binary}'")
     out(f"OPROVER_LEAN_CWD={mathlib}")
     out(f"OPROVER_LEAN_VERSION={version}")
     out(f"OPROVER_LEAN_MATHLIB_VERSION={mathlib_rev}")

@@ -11,6 +11,7 @@ from typing import Any
 from services.lean import LeanChecker
 from services.settings import LeanSettings
 from tests.standins.fake_repl import lean_cmd, write_table
+from tests.standins.fake_replay import replay_cmd, write_replay_table
 
 CASES = Path(__file__).parent
 EXPLOITS = CASES / "exploits"
@@ -23,6 +24,8 @@ PASS_POSITIVITY = {"match": "positivity", "outcome": "pass"}
 def lean_settings(table: Path, **overrides: Any) -> LeanSettings:
     values: dict[str, Any] = {
         "cmd": lean_cmd(table),
+        # the stand-in kernel replay, accepting every constant unless a test gives its own `replay_cmd`
+        "replay_cmd": replay_cmd(write_replay_table(table.with_name(table.stem + "-replay.json"))),
         "pool_size": 1,
         "spares": 0,
         "timeout_s": 10.0,

@@ -35,6 +35,18 @@ write outside its temp dir, reports both as an info message). Any rule may set `
 type ``#check`` prints is the declaration's own text (``∀ binders, type``, layout collapsed), or a rule's ``type``
 (what Lean would print if the rule's trick had changed the theorem).
 
+``{"pickleTo": PATH, "env": N}`` writes environment N as the repl does (reply ``{"env": N}``), but as JSON: its
+root's imports and, per declared constant, what the environment really holds (name, kind, type, value = the
+declaration's text, axioms). That is what `tests/standins/fake_replay.py`, the stand-in kernel replay, reads.
+Table option ``pickle`` makes the file hostile (``missing``, ``garbage``, ``huge``, ``symlink``, ``fifo``,
+``error``).
+
+Outcomes that model a REPL process taken over by the code it ran (its reply channel is Lean code's stdout):
+``lie`` claims a clean pass (no messages, standard axioms, the declared type) while the environment holds the
+rule's ``truth`` (``type``/``axioms``/``value``; by default the axioms gain ``sorryAx``: the proof did not
+elaborate); ``plant`` fails this check but lies the same way about every later command of the process;
+``forge`` answers, then writes a second, forged reply ahead for whatever request comes next.
+
 So nobody mistakes it for Lean: it says so on stderr at start, and ``#eval Lean.versionString`` answers the table's
 ``lean_version`` (default ``4.15.0-fake_repl``). Only the standard library is used, so it runs from any cwd.
 """
@@ -54,6 +66,7 @@ from pathlib import Path
 from typing import Any
 
 STANDARD_AXIOMS = ["propext", "Classical.choice", "Quot.sound"]
+PICKLE_FORMAT = "fake_repl environment (stand-in, NOT an .olean)"
 DEFAULT_LEAN_VERSION = "4.15.0-fake_repl"
 WIDTH = 80  # Lean's `Json.pretty` default line width
 
@@ -224,6 +237,7 @@ _SORRY_BODY = re.compile(r":=\s*(?:by\s+)?sorry\s*$")
 _OPEN = {"(": ")", "[": "]", "{": "}", "⦃": "⦄", "⟨": "⟩"}
 _VERSION_EVAL = re.compile(r"^\s*#eval\s+Lean\.versionString\s*$")
 _IMPORT = re.compile(r"(?m)^\s*import\s+\S+.*$")
+_KIND = {"lemma": "theorem", "abbrev": "def", "instance": "def"}
 
 _KEEP: list[bytearray] = []
 
@@ -309,9 +323,15 @@ def _reply(obj: dict[str, Any]) -> None:
 class FakeRepl:
     def __init__(self, table: dict[str, Any]) -> None:
         self.table = table
-        self.envs: list[dict[str, list[str]]] = []  # env id -> declared name -> axioms
-        self.types: list[dict[str, str]] = []  # env id -> declared name -> what `#check` prints
+        self.envs: list[dict[str, list[str]]] = []  # env id -> declared name -> axioms (what it claims)
+        self.types: list[dict[str, str]] = []  # env id -> declared name -> what `#check` prints (what it claims)
+        # env id -> declared name -> what the environment really holds (written by `pickleTo`): a lying REPL
+        # claims one thing in its replies, but its environment file holds the truth
+        self.truth: list[dict[str, dict[str, Any]]] = []
+        self.imports: list[list[str]] = []  # env id -> modules its root imported
+        self.root_imports: list[str] = []
         self.proof_states = 0
+        self.lying = False  # set by a `plant` outcome: every later command is claimed to pass
 
     # -- judging ------------------------------------------------------------------------------------------
     def _rule_for(self, code: str) -> tuple[dict[str, Any], tuple[int, int] | None]:
@@ -329,13 +349,23 @@ class FakeRepl:
         default = self.table.get("default", "error")
         return ({"outcome": default} if isinstance(default, str) else dict(default)), None
 
-    def _new_env(self, base: int | None, decls: dict[str, list[str]], types: dict[str, str] | None = None) -> int:
+    def _new_env(
+        self,
+        base: int | None,
+        decls: dict[str, list[str]],
+        types: dict[str, str] | None = None,
+        truth: dict[str, dict[str, Any]] | None = None,
+    ) -> int:
         names = dict(self.envs[base]) if base is not None else {}
         names.update(decls)
         self.envs.append(names)
         known = dict(self.types[base]) if base is not None else {}
         known.update(types or {})
         self.types.append(known)
+        held = dict(self.truth[base]) if base is not None else {}
+        held.update(truth or {})
+        self.truth.append(held)
+        self.imports.append(list(self.imports[base]) if base is not None else list(self.root_imports))
         return len(self.envs) - 1
 
     def run_command(self, cmd: str, env: int | None) -> dict[str, Any]:
@@ -344,6 +374,8 @@ class FakeRepl:
         if env is None and _IMPORT.search(cmd):
             time.sleep(float(self.table.get("import_s", 0.0)))
         body = _IMPORT.sub("", cmd) if env is None else cmd
+        if env is None:  # the root of a new chain of environments: what `pickleTo` records as its imports
+            self.root_imports = [line.split()[1] for line in _IMPORT.findall(cmd) if len(line.split()) > 1]
         if _VERSION_EVAL.match(body):
             data = _render_string(str(self.table.get("lean_version", DEFAULT_LEAN_VERSION)))
             return self._info(cmd, body, data, env)
@@ -510,8 +542,17 @@ class FakeRepl:
                     "data": json.dumps(_probe(rule)),
                 }
             )
-        elif outcome not in ("pass", "axiom"):
+        elif outcome not in ("pass", "axiom", "lie", "plant", "forge"):
             raise SystemExit(f"fake_repl: unknown outcome {outcome!r} in the table")
+        if outcome == "plant":  # this check fails, but code it ran now lies in every later reply
+            messages.append(
+                {
+                    "severity": "error",
+                    "pos": _pos(cmd, at[0]),
+                    "endPos": _pos(cmd, at[1]),
+                    "data": rule.get("message", "fake_repl stand-in: planted code, this check fails"),
+                }
+            )
         for extra in rule.get("messages", []):
             messages.append(
                 {
@@ -523,7 +564,11 @@ class FakeRepl:
             )
         known = dict(self.envs[env]) if env is not None else {}
         types: dict[str, str] = {}
-        for decl in decls:  # as Lean: a name declared twice is an error
+        held: dict[str, dict[str, Any]] = {}
+        truth = dict(rule.get("truth", {}))
+        if outcome == "lie" and "axioms" not in truth:
+            truth["axioms"] = [*STANDARD_AXIOMS, "sorryAx"]  # what it hides: the proof did not elaborate
+        for k, decl in enumerate(decls):  # as Lean: a name declared twice is an error
             name = _name(decl.group(2))
             if name in known or name in types:
                 messages.append(
@@ -536,13 +581,65 @@ class FakeRepl:
                 )
                 continue
             types[name] = str(rule.get("type", _signature(code, decl.end(2))))
+            end = decls[k + 1].start() if k + 1 < len(decls) else len(cmd)
+            held[name] = {
+                "name": name,
+                "kind": _KIND.get(decl.group(1), decl.group(1)),
+                "type": str(truth.get("type", types[name])),
+                "value": str(truth.get("value", cmd[decl.start() : end])),
+                "axioms": list(truth.get("axioms", axioms)),
+            }
+        if outcome in ("lie", "forge") or self.lying:
+            # What a process whose reply channel Lean code controls can send: a clean pass, whatever happened.
+            # The environment (`held`, what `pickleTo` writes) still holds what was really declared.
+            sorries, messages = [], []
+            axioms = list(STANDARD_AXIOMS)
+            types = {name: _signature(code, decl.end(2)) for decl in decls if (name := _name(decl.group(2))) in types}
+        if outcome == "plant":
+            self.lying = True
         reply: dict[str, Any] = {}
         if sorries:
             reply["sorries"] = sorries
         if messages:
             reply["messages"] = messages
-        reply["env"] = self._new_env(env, {name: axioms for name in types}, types)
+        reply["env"] = self._new_env(env, {name: axioms for name in types}, types, held)
+        if outcome == "forge":  # a forged reply written ahead, for whatever request comes next
+            _reply(reply)
+            return {"env": reply["env"]}
         return reply
+
+    def pickle_to(self, path: str, env: int) -> dict[str, Any]:
+        """`pickleTo`: write environment `env` to `path` (here as JSON, not an .olean: this is a stand-in).
+
+        Table option `pickle` makes the file hostile: `missing` (reply, no file), `garbage` (not a pickle),
+        `huge` (`pickle_bytes`, sparse), `symlink` (a link to another file), `fifo` (a named pipe), `error`
+        (the repl's `{"message": ...}`)."""
+        if not 0 <= env < len(self.envs):
+            return {"message": "Unknown environment."}
+        mode = self.table.get("pickle", "normal")
+        target = Path(path)
+        try:
+            if mode == "error":
+                return {"message": f"fake_repl stand-in: cannot write {path}"}
+            if mode == "garbage":
+                target.write_bytes(b"olean\x01 fake_repl stand-in: not an environment file \xff\xfe")
+            elif mode == "huge":
+                with open(target, "wb") as handle:
+                    handle.truncate(int(self.table.get("pickle_bytes", 1 << 30)))
+            elif mode == "symlink":
+                target.symlink_to(self.table.get("pickle_link", "/etc/hostname"))
+            elif mode == "fifo":
+                os.mkfifo(target)
+            elif mode != "missing":
+                record = {
+                    "format": PICKLE_FORMAT,
+                    "imports": self.imports[env],
+                    "constants": list(self.truth[env].values()),
+                }
+                target.write_text(json.dumps(record, ensure_ascii=False), encoding="utf-8")
+        except OSError as exc:
+            return {"message": f"{exc}"}
+        return {"env": env}
 
     @staticmethod
     def _blow_up(limit_mb: int) -> None:
@@ -585,6 +682,11 @@ class FakeRepl:
                     reply = {"message": f"no such file or directory (error code: 2)\n  file: {exc.filename}"}
                 else:
                     reply = self.run_command(text, request.get("env"))
+            elif "pickleTo" in request:
+                if "env" in request:
+                    reply = self.pickle_to(str(request["pickleTo"]), int(request["env"]))
+                else:
+                    reply = {"message": "Unknown proof state."}
             elif "tactic" in request:
                 reply = {"message": "Unknown proof state."}
             else:
