@@ -82,6 +82,13 @@ def test_plain_code_without_a_statement_is_replayed_too(tmp_path) -> None:
     assert honest.verdict is Verdict.PASS
 
 
+def test_a_header_importing_part_of_mathlib_is_replayed_on_what_the_repls_imported(tmp_path) -> None:
+    header = "import Mathlib.Tactic\n\nopen Real"  # allowed: the REPLs import all of Mathlib
+    with stand_in_checker(tmp_path, [PASS_POSITIVITY]) as checker:
+        result = checker.check(GOOD_PROOF, formal_statement=STATEMENT, header=header)
+    assert result.verdict is Verdict.PASS, result.detail
+
+
 # ---------------------------------------------------------------------------------------------------------------
 # REPL isolation: code a check ran cannot answer for a later check
 # ---------------------------------------------------------------------------------------------------------------

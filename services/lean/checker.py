@@ -205,7 +205,7 @@ class LeanChecker:
                 workdir=workdir,
                 candidate=claim.candidate,
                 reference=claim.reference,
-                imports=imports,
+                imports=list(self.pool.imports),  # what every REPL imported (a request's header may name less)
                 theorems=names,
             )
         finally:
