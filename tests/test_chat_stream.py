@@ -167,3 +167,22 @@ def test_a_chat_at_real_latencies_with_shipped_defaults_keeps_the_stream_alive(r
     )
     assert GOOD_MARK in content and "Proved" in content
     assert 10 <= elapsed < 40
+
+
+def test_an_error_after_the_200_is_a_data_frame_with_the_envelope_then_done(slow_service: ServiceHarness) -> None:
+    harness = slow_service
+    harness.generator.reset()
+    harness.generator.script([], default={"content": completion_text(GOOD), "delay_s": 3})
+    with (
+        harness.client() as http,
+        http.stream("POST", "/v1/chat/completions", json=_body(background=True)) as response,
+    ):
+        assert response.status_code == 200
+        job_id = response.headers["x-oprover-job-id"]
+        lines = response.iter_lines()
+        next(lines)
+        harness.redis.delete(f"oprover:job:{{{job_id}}}")  # the record vanishes mid-stream (as if expired)
+        frames = [line[len("data: ") :] for line in lines if line.startswith("data: ")]
+    assert frames[-1] == "[DONE]"
+    error = json.loads(frames[-2])["error"]
+    assert set(error) == {"message", "type", "param", "code"} and error["code"] == "job_expired"
