@@ -2,6 +2,11 @@
 
 Server commands (`serve`, `worker`, `up`, `memory`, `lean setup`) read `OPROVER_*` settings; client commands
 (`prove`, `verify`, `eval`) reach the gateway at `--url` / `OPROVER_URL` and send `OPROVER_API_KEY` if set.
+
+Every failure a user can expect (a missing file, the gateway unreachable, a bad benchmark line, an HTTP error, a
+dependency down, Ctrl-C) ends as one line on stderr, `oprover <command>: <what happened and what to do>`, never
+a traceback. Exit codes: 0 done (proved, passed); 1 answered but negative (not proved, did not pass), or a
+server process that could not start; 2 the command could not do its work; 130 interrupted.
 """
 
 from __future__ import annotations
@@ -19,6 +24,12 @@ from typing import Any
 
 DEFAULT_URL = "http://127.0.0.1:8000"
 logger = logging.getLogger("oprover")
+# How often a client command retries a gateway that does not answer.
+RETRY_EVERY_S = 2.0
+
+
+class CommandFailed(Exception):
+    """An expected failure: `main` prints it as one line on stderr and exits 2."""
 
 
 def _setup_logging(verbose: bool = False) -> None:
@@ -51,6 +62,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
 def cmd_worker(args: argparse.Namespace) -> int:
     from services import keys
+    from services.errors import DependencyError
     from services.settings import SettingsError, require
     from workers.context import WorkerContext
     from workers.runner import WorkerPool
@@ -74,11 +86,20 @@ def cmd_worker(args: argparse.Namespace) -> int:
                 queues.append(keys.VERIFY_QUEUE)
     except SettingsError as exc:
         raise SystemExit(f"oprover worker {args.kind}: {exc}") from None
+    except DependencyError as exc:
+        # e.g. the REPL runs another Lean than OPROVER_LEAN_VERSION, or no REPL can start: one line, no service.
+        logger.error("oprover worker %s: not starting: %s", args.kind, _with_location(exc))
+        return 1
     return WorkerPool(ctx, queues, concurrency, kind=args.kind).run()
 
 
 def cmd_up(args: argparse.Namespace) -> int:
-    """Gateway and one worker of each kind on this machine; Ctrl-C stops them all."""
+    """Gateway and one worker of each kind on this machine; Ctrl-C stops them all.
+
+    A Redis that `up` started is kept running: if it dies, it is started again on the same port and data
+    directory (AOF on, so queued rounds and job records survive), and the gateway and workers reconnect by
+    themselves. Any other process that exits stops the rest: a gateway or worker that dies needs a look.
+    """
     _setup_logging(args.verbose)
     settings = _settings()  # fail fast, once, with a clear message
     children: dict[str, subprocess.Popen[bytes]] = {}
@@ -102,9 +123,9 @@ def cmd_up(args: argparse.Namespace) -> int:
     # Installed before anything starts, so a Ctrl-C during start-up cannot leave an orphan behind.
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
-    redis_server = _local_redis(settings.redis.url)
+    redis_server = LocalRedis.start_if_needed(settings.redis.url)
     if redis_server is not None:
-        children["redis"] = redis_server
+        children["redis"] = redis_server.process
     base = [sys.executable, "-m", "api.cli"]
     commands = {
         "gateway": [*base, "serve", "--host", args.host, "--port", str(args.port)],
@@ -124,6 +145,12 @@ def cmd_up(args: argparse.Namespace) -> int:
             code = child.poll()
             if code is None:
                 continue
+            if name == "redis" and redis_server is not None and not stopping:
+                try:
+                    children["redis"] = redis_server.restart(code)
+                    continue
+                except SystemExit as exc:
+                    logger.error("%s", exc)
             del children[name]
             if not stopping:
                 logger.error("%s exited with code %s; stopping the rest", name, code)
@@ -136,27 +163,36 @@ def cmd_up(args: argparse.Namespace) -> int:
     return exit_code
 
 
-def _local_redis(url: str) -> subprocess.Popen[bytes] | None:
-    """Start a redis-server for `up` when the configured one is local, not running, and Redis is installed."""
-    import shutil
-    from urllib.parse import urlparse
+class LocalRedis:
+    """A redis-server that `oprover up` started for a local Redis URL that nobody serves, and restarts."""
 
-    import redis
+    # More deaths than this within RESTART_WINDOW_S is not something a restart fixes (port taken, disk full).
+    MAX_RESTARTS = 5
+    RESTART_WINDOW_S = 600.0
 
-    try:
-        redis.Redis.from_url(url, socket_connect_timeout=1).ping()
-        return None
-    except redis.exceptions.ConnectionError:
-        pass
-    parsed = urlparse(url)
-    binary = shutil.which("redis-server")
-    if parsed.hostname not in ("127.0.0.1", "localhost") or binary is None:
-        raise SystemExit(f"oprover up: Redis at {url} is not reachable (and no local redis-server to start)")
-    data = Path("data/redis").resolve()
-    data.mkdir(parents=True, exist_ok=True)
-    # AOF on and eviction off, as in deployment: queued rounds and job records must survive a restart.
-    process = subprocess.Popen(
-        [
+    def __init__(self, url: str, command: list[str], data: Path) -> None:
+        self.url = url
+        self.command = command
+        self.data = data
+        self.process = self._spawn()
+        self._restarts: list[float] = []
+
+    @classmethod
+    def start_if_needed(cls, url: str) -> LocalRedis | None:
+        """None when Redis at `url` answers already; a started one when it is local and redis-server exists."""
+        import shutil
+        from urllib.parse import urlparse
+
+        if cls._answers(url):
+            return None
+        parsed = urlparse(url)
+        binary = shutil.which("redis-server")
+        if parsed.hostname not in ("127.0.0.1", "localhost") or binary is None:
+            raise SystemExit(f"oprover up: Redis at {url} is not reachable (and no local redis-server to start)")
+        data = Path("data/redis").resolve()
+        data.mkdir(parents=True, exist_ok=True)
+        # AOF on and eviction off, as in deployment: queued rounds and job records must survive a restart.
+        command = [
             binary,
             "--port",
             str(parsed.port or 6379),
@@ -168,19 +204,50 @@ def _local_redis(url: str) -> subprocess.Popen[bytes] | None:
             "yes",
             "--maxmemory-policy",
             "noeviction",
-        ],
-        stdout=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    for _ in range(100):
+        ]
+        return cls(url, command, data)
+
+    @staticmethod
+    def _answers(url: str) -> bool:
+        import redis
+
+        client = redis.Redis.from_url(url, socket_connect_timeout=1, socket_timeout=1)
         try:
-            redis.Redis.from_url(url, socket_connect_timeout=1).ping()
-            logger.info("started redis-server on port %s (data in %s)", parsed.port or 6379, data)
-            return process
-        except redis.exceptions.ConnectionError:
+            client.ping()
+            return True
+        except redis.exceptions.RedisError:
+            return False
+        finally:
+            client.close()
+
+    def _spawn(self) -> subprocess.Popen[bytes]:
+        # Own session: a terminal's Ctrl-C must not stop Redis before the workers finished writing to it.
+        process = subprocess.Popen(self.command, stdout=subprocess.DEVNULL, start_new_session=True)
+        deadline = time.monotonic() + 30  # replaying a large AOF takes a while
+        while time.monotonic() < deadline and process.poll() is None:
+            if self._answers(self.url):
+                logger.info("started redis-server on %s (pid %d, data in %s)", self.url, process.pid, self.data)
+                return process
             time.sleep(0.1)
-    process.kill()
-    raise SystemExit(f"oprover up: could not start redis-server for {url}")
+        process.kill()
+        process.wait()
+        raise SystemExit(f"oprover up: could not start redis-server for {self.url} (exit code {process.returncode})")
+
+    def restart(self, exit_code: int) -> subprocess.Popen[bytes]:
+        """Start it again on the same port and data directory; SystemExit when it keeps dying."""
+        now = time.monotonic()
+        self._restarts = [t for t in self._restarts if now - t < self.RESTART_WINDOW_S] + [now]
+        if len(self._restarts) > self.MAX_RESTARTS:
+            raise SystemExit(
+                f"oprover up: redis-server died {len(self._restarts)} times in {self.RESTART_WINDOW_S:.0f} s "
+                f"(last exit code {exit_code}); not restarting it again"
+            )
+        logger.warning(
+            "redis-server exited with code %s; restarting it on the same port and data (the workers reconnect)",
+            exit_code,
+        )
+        self.process = self._spawn()
+        return self.process
 
 
 # --- client commands ------------------------------------------------------------------------------------------------
@@ -194,7 +261,16 @@ def _client(args: argparse.Namespace) -> Any:
 
 
 def _read_input(path: str) -> str:
-    return sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
+    try:
+        return sys.stdin.read() if path == "-" else Path(path).read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise CommandFailed(f"{path}: no such file") from None
+    except IsADirectoryError:
+        raise CommandFailed(f"{path}: is a directory, not a file") from None
+    except OSError as exc:
+        raise CommandFailed(f"cannot read {path}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise CommandFailed(f"{path} is not UTF-8 text ({exc.reason} at byte {exc.start})") from None
 
 
 def split_lean_file(text: str) -> tuple[str | None, str]:
@@ -221,17 +297,52 @@ def _lean_body(path: str, field: str) -> dict[str, Any]:
     return {field: text, **({"header": header} if header else {})}
 
 
-def _fail(response: Any) -> int:
+def _error_line(response: Any) -> str:
+    """The gateway's error envelope as one line: status, message, and the field it names."""
     try:
         error = response.json()["error"]
-        print(
-            f"error {response.status_code}: {error['message']}"
-            + (f" (param: {error['param']})" if error.get("param") else ""),
-            file=sys.stderr,
+        return f"error {response.status_code}: {error['message']}" + (
+            f" (param: {error['param']})" if error.get("param") else ""
         )
     except Exception:
-        print(f"error {response.status_code}: {response.text[:500]}", file=sys.stderr)
+        return f"error {response.status_code}: {response.text[:500]}"
+
+
+def _fail(response: Any) -> int:
+    print(_error_line(response), file=sys.stderr)
     return 2
+
+
+def _unreachable(url: str, exc: BaseException) -> str:
+    return (
+        f"cannot reach the gateway at {url} ({exc or type(exc).__name__}); is the service running at {url}? "
+        "(`oprover up` starts it; --url or OPROVER_URL points elsewhere)"
+    )
+
+
+class _Outage:
+    """Says once that the gateway stopped answering (and once that it is back), not once per retry."""
+
+    def __init__(self, url: str) -> None:
+        self.url = url
+        self.down = False
+
+    def failed(self, why: str) -> None:
+        if not self.down:
+            print(
+                f"  the gateway at {self.url} does not answer ({why}); retrying every {RETRY_EVERY_S:g} s",
+                file=sys.stderr,
+            )
+        self.down = True
+
+    def answered(self) -> None:
+        if self.down:
+            print(f"  the gateway at {self.url} answers again", file=sys.stderr)
+        self.down = False
+
+
+def _remaining(deadline: float | None) -> float | None:
+    return None if deadline is None else deadline - time.monotonic()
 
 
 def cmd_prove(args: argparse.Namespace) -> int:
@@ -239,53 +350,101 @@ def cmd_prove(args: argparse.Namespace) -> int:
     for name in ("rounds", "attempts", "top_k", "prompt_profile", "lean_version"):
         if getattr(args, name) is not None:
             body[name] = getattr(args, name)
+    deadline = time.monotonic() + args.timeout if args.timeout else None
     with _client(args) as client:
         response = client.post("/v1/prove", json=body)
         if response.status_code not in (200, 202):
             return _fail(response)
-        job = response.json()
-        print(f"job {job['id']}: {job['status']}", file=sys.stderr)
+        job_id = response.json()["id"]
+        print(f"job {job_id}: {response.json()['status']}", file=sys.stderr)
+        outage = _Outage(args.url)
         try:
-            _follow(client, job["id"])
+            job = _follow(client, job_id, outage, deadline)
         except KeyboardInterrupt:
-            client.delete(f"/v1/prove/{job['id']}")
-            print(f"job {job['id']}: cancelled", file=sys.stderr)
+            _cancel(client, job_id, args.url)
             return 130
-        job = client.get(f"/v1/prove/{job['id']}").json()
+        if job is None:
+            print(f"job {job_id}: no result within --timeout {args.timeout:g} s", file=sys.stderr)
+            _cancel(client, job_id, args.url)
+            return 2
     return _report(job)
 
 
-def _follow(client: Any, job_id: str) -> None:
-    """Print progress from the job's event stream until it ends (reconnecting with Last-Event-ID)."""
+def _cancel(client: Any, job_id: str, url: str) -> None:
+    """Best effort: the job was this command's, and nobody waits for it any more."""
+    import httpx
+
+    try:
+        client.delete(f"/v1/prove/{job_id}", timeout=10)
+        print(f"job {job_id}: cancelled", file=sys.stderr)
+    except httpx.TransportError:
+        print(
+            f"job {job_id}: could not cancel it, the gateway at {url} does not answer "
+            f"(`curl -X DELETE {url}/v1/prove/{job_id}` once it is back)",
+            file=sys.stderr,
+        )
+
+
+def _follow(client: Any, job_id: str, outage: _Outage, deadline: float | None) -> dict[str, Any] | None:
+    """Print progress from the job's event stream until it ends, then return the job object; None at the deadline.
+
+    A dropped stream or a gateway that does not answer is retried (said once per outage), resuming with
+    Last-Event-ID, until the job ends or the deadline passes.
+    """
     import httpx
 
     last_id: str | None = None
+    ended = False
     while True:
-        headers = {"Last-Event-ID": last_id} if last_id else {}
+        remaining = _remaining(deadline)
+        if remaining is not None and remaining <= 0:
+            return None
+        # Keep-alive comments arrive every 15 s; a read limit bounds the wait at the deadline.
+        timeout = httpx.Timeout(30.0, read=None if remaining is None else max(1.0, remaining))
         try:
-            with client.stream("GET", f"/v1/prove/{job_id}/events", headers=headers) as stream:
-                if stream.status_code == 404:
-                    return  # expired: the caller reads (and reports) what is left
-                if stream.status_code != 200:
-                    print(f"  event stream: HTTP {stream.status_code}; retrying", file=sys.stderr)
-                    time.sleep(2)
-                    continue
-                event: dict[str, str] = {}
-                for line in stream.iter_lines():
-                    if line.startswith(":"):
+            if ended:
+                response = client.get(f"/v1/prove/{job_id}", timeout=timeout)
+                if response.status_code == 200:
+                    outage.answered()
+                    return response.json()
+                if response.status_code < 500:
+                    raise CommandFailed(f"job {job_id}: {_error_line(response)}")
+                outage.failed(_error_line(response))
+            else:
+                headers = {"Last-Event-ID": last_id} if last_id else {}
+                with client.stream("GET", f"/v1/prove/{job_id}/events", headers=headers, timeout=timeout) as stream:
+                    if stream.status_code == 404:
+                        ended = True  # expired: read (and report) what is left
                         continue
-                    if line:
-                        field, _, value = line.partition(":")
-                        event[field] = value.lstrip(" ")
-                        continue
-                    if "id" in event:
-                        last_id = event["id"]
-                    if _print_event(event):
-                        return
-                    event = {}
-        except httpx.TransportError:
-            pass  # a dropped stream: resume where it stopped
-        time.sleep(1)
+                    if stream.status_code != 200:
+                        stream.read()
+                        if stream.status_code < 500:
+                            raise CommandFailed(f"job {job_id}: {_error_line(stream)}")
+                        outage.failed(_error_line(stream))
+                    else:
+                        outage.answered()
+                        event: dict[str, str] = {}
+                        for line in stream.iter_lines():
+                            if line.startswith(":"):
+                                continue
+                            if line:
+                                field, _, value = line.partition(":")
+                                event[field] = value.lstrip(" ")
+                                continue
+                            if "id" in event:
+                                last_id = event["id"]
+                            if _print_event(event):
+                                ended = True
+                                break
+                            event = {}
+                        if ended:
+                            continue
+        except httpx.TransportError as exc:
+            left = _remaining(deadline)
+            if isinstance(exc, httpx.ReadTimeout) and left is not None and left < 1.0:
+                return None  # the read limit set at the deadline: no outage, just time up
+            outage.failed(str(exc) or type(exc).__name__)
+        time.sleep(RETRY_EVERY_S if outage.down else 0.5)
 
 
 def _print_event(event: dict[str, str]) -> bool:
@@ -338,42 +497,111 @@ def cmd_verify(args: argparse.Namespace) -> int:
     return 0 if result["verdict"] == "pass" else 1
 
 
+def read_benchmark(path: str) -> list[dict[str, Any]]:
+    """Every problem of a JSONL benchmark, checked before anything is submitted: a bad line names its number."""
+    problems = []
+    for number, line in enumerate(_read_input(path).splitlines(), start=1):
+        if not line.strip():
+            continue
+        try:
+            problem = json.loads(line)
+        except json.JSONDecodeError as exc:
+            raise CommandFailed(f"{path} line {number} is not JSON ({exc.msg} at column {exc.colno})") from None
+        if not isinstance(problem, dict):
+            raise CommandFailed(f"{path} line {number} is not a JSON object")
+        statement = problem.get("formal_statement")
+        if not isinstance(statement, str) or not statement.strip():
+            raise CommandFailed(f"{path} line {number} has no formal_statement")
+        problems.append(problem)
+    if not problems:
+        raise CommandFailed(f"{path} holds no problem")
+    return problems
+
+
 def cmd_eval(args: argparse.Namespace) -> int:
-    """Submit every statement of a JSONL benchmark, wait for all, print the pass rate."""
-    problems = [json.loads(line) for line in Path(args.bench).read_text(encoding="utf-8").splitlines() if line.strip()]
+    """Submit every statement of a JSONL benchmark, wait for all, print the pass rate.
+
+    Ctrl-C cancels the jobs it submitted that are still running, then exits 130."""
+    problems = read_benchmark(args.bench)
     if args.limit:
         problems = problems[: args.limit]
     results: dict[str, str] = {}
+    pending: dict[str, str] = {}
     with _client(args) as client:
-        ids: dict[str, str] = {}
-        for index, problem in enumerate(problems):
-            name = problem.get("name", str(index))
-            body = {"formal_statement": problem["formal_statement"], "metadata": {"name": name}}
-            if problem.get("header"):
-                body["header"] = problem["header"]
-            for field in ("rounds", "attempts"):
-                if getattr(args, field) is not None:
-                    body[field] = getattr(args, field)
-            response = client.post("/v1/prove", json=body)
-            if response.status_code not in (200, 202):
-                results[name] = "rejected"
-                _fail(response)
-                continue
-            ids[name] = response.json()["id"]
-        pending = dict(ids)
-        while pending:
-            for name, job_id in list(pending.items()):
-                status = client.get(f"/v1/prove/{job_id}").json()["status"]
-                if status in ("proved", "failed", "cancelled", "error"):
-                    results[name] = status
-                    del pending[name]
-            if pending:
-                time.sleep(args.poll_s)
+        try:
+            _eval(args, client, problems, results, pending)
+        except KeyboardInterrupt:
+            cancelled = _cancel_all(client, pending)
+            print(
+                f"oprover eval: interrupted; cancelled {cancelled} of {len(pending)} unfinished job(s)",
+                file=sys.stderr,
+            )
+            return 130
     proved = sum(1 for status in results.values() if status == "proved")
     for name in sorted(results):
         print(f"{name}\t{results[name]}")
     print(f"proved {proved} of {len(problems)} ({100 * proved / max(1, len(problems)):.1f}%)")
     return 0
+
+
+def _eval(
+    args: argparse.Namespace,
+    client: Any,
+    problems: list[dict[str, Any]],
+    results: dict[str, str],
+    pending: dict[str, str],
+) -> None:
+    import httpx
+
+    for index, problem in enumerate(problems):
+        name = str(problem.get("name", index))
+        body = {"formal_statement": problem["formal_statement"], "metadata": {"name": name}}
+        if problem.get("header"):
+            body["header"] = problem["header"]
+        for field in ("rounds", "attempts"):
+            if getattr(args, field) is not None:
+                body[field] = getattr(args, field)
+        response = client.post("/v1/prove", json=body)
+        if response.status_code not in (200, 202):
+            results[name] = "rejected"
+            print(f"{name}: {_error_line(response)}", file=sys.stderr)
+            continue
+        pending[name] = response.json()["id"]
+    outage = _Outage(args.url)
+    while pending:
+        for name, job_id in list(pending.items()):
+            try:
+                response = client.get(f"/v1/prove/{job_id}")
+            except httpx.TransportError as exc:
+                outage.failed(str(exc) or type(exc).__name__)
+                break
+            if response.status_code == 404:
+                results[name] = "expired"
+                del pending[name]
+                continue
+            if response.status_code != 200:
+                outage.failed(_error_line(response))
+                break
+            outage.answered()
+            status = response.json()["status"]
+            if status in ("proved", "failed", "cancelled", "error"):
+                results[name] = status
+                del pending[name]
+        if pending:
+            time.sleep(max(args.poll_s, RETRY_EVERY_S if outage.down else 0))
+
+
+def _cancel_all(client: Any, jobs: dict[str, str]) -> int:
+    import httpx
+
+    cancelled = 0
+    for job_id in jobs.values():
+        try:
+            if client.delete(f"/v1/prove/{job_id}", timeout=10).status_code == 200:
+                cancelled += 1
+        except httpx.TransportError:
+            break  # the gateway is gone: the count says what was not cancelled
+    return cancelled
 
 
 # --- memory and Lean setup ------------------------------------------------------------------------------------------
@@ -472,6 +700,12 @@ def build_parser() -> argparse.ArgumentParser:
         ("lean-version", str),
     ):
         p.add_argument(f"--{name}", type=kind, default=None, dest=name.replace("-", "_"))
+    p.add_argument(
+        "--timeout",
+        type=float,
+        default=None,
+        help="give up after this many seconds, gateway outages included (the job is cancelled); default: wait",
+    )
     client_args(p)
     p.set_defaults(func=cmd_prove)
 
@@ -505,11 +739,55 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import httpx
+    import redis
+
+    from services.errors import DependencyError
+
     parser = build_parser()
     args = parser.parse_args(argv)
     if getattr(args, "action", None) in ("import", "export") and not args.path:
         parser.error(f"memory {args.action} needs a PATH")
-    return int(args.func(args) or 0)
+
+    def say(message: str) -> None:
+        print(f"oprover {args.command}: {message}", file=sys.stderr)
+
+    try:
+        return int(args.func(args) or 0)
+    except CommandFailed as exc:
+        say(str(exc))
+    except KeyboardInterrupt:
+        say("interrupted")
+        return 130
+    except httpx.TransportError as exc:
+        if not hasattr(args, "url"):
+            raise
+        say(_unreachable(args.url, exc))
+    except DependencyError as exc:
+        say(_with_location(exc))
+    except redis.exceptions.ConnectionError as exc:
+        say(f"Redis at {_settings().redis.url} is not reachable ({exc})")
+    return 2
+
+
+def _with_location(exc: BaseException) -> str:
+    """A dependency's error with where that dependency is configured to be, unless it says so already."""
+    from services.errors import GeneratorError, MemoryError_
+
+    text = str(exc)
+    try:
+        settings = _settings()
+    except SystemExit:
+        return text
+    where = None
+    if isinstance(exc, GeneratorError):
+        where = f"the generator at {settings.generator.url}" if settings.generator.url else None
+    elif isinstance(exc, MemoryError_):
+        qdrant = settings.qdrant
+        where = f"Qdrant at {qdrant.url}" if qdrant.url else f"the embedded store at {qdrant.path}"
+    if where is None or where.split(" at ")[-1] in text:
+        return text
+    return f"{text} ({where})"
 
 
 if __name__ == "__main__":

@@ -56,7 +56,13 @@ class VerifyRequest(_Lenient):
         None, description="If given, the code must prove exactly this statement (it is imposed, not trusted)."
     )
     lean_version: str | None = None
-    timeout_s: float | None = Field(None, gt=0, le=3600)
+    timeout_s: float | None = Field(
+        None,
+        gt=0,
+        allow_inf_nan=False,
+        description="Seconds Lean may spend on this check; default and largest: the deployment's "
+        "OPROVER_LEAN_TIMEOUT_S (a larger value is a 400 naming `timeout_s`).",
+    )
 
 
 class ErrorBody(BaseModel):

@@ -22,6 +22,8 @@ from api.protocol import ErrorResponse, ProveRequest
 from services import keys, lean_workers, redis_clients
 from services.domain import TERMINAL_STATUSES, JobStatus
 from services.errors import RequestError
+from services.lean.checker import require_imports_loaded
+from services.lean.policy import header_parts
 from services.leantext import parse_statement
 from services.prompts import PromptProfile, load_profile
 from services.store import JobSpec, read_events_async
@@ -61,10 +63,9 @@ class ProveService:
         if attempts > prove.max_attempts:
             raise RequestError(f"attempts must be at most {prove.max_attempts}", param="attempts", code="out_of_range")
         header = req.header if req.header is not None and req.header.strip() else self.settings.lean.header
-        if len(header) > prove.max_statement_chars:
-            raise RequestError("header is too long", param="header", code="too_long")
         profile = self._profile(req.prompt_profile)
         lean_version = self.resolve_lean_version(req.lean_version)
+        self.check_header(header, lean_version)
         # request > deployment override > the profile's own default (what the model was trained with)
         asked = req.sampling.model_dump(exclude_none=True) if req.sampling else {}
         sampling = {
@@ -101,8 +102,23 @@ class ProveService:
         for info in lean_workers.live(self.gw.redis):
             entry = versions.setdefault(info["version"], {"default": False, "workers": 0})
             entry["workers"] += 1
-            entry.update({k: v for k, v in info.items() if k in ("lean", "mathlib", "repl")})
+            entry.update({k: v for k, v in info.items() if k in ("lean", "mathlib", "repl", "imports")})
         return versions
+
+    def check_header(self, header: str, lean_version: str | None) -> None:
+        """A 400 (param `header`) now for a header the verify workers could never check, instead of a job that
+        fails in its first verification. The workers' REPLs import the deployment's header (OPROVER_LEAN_HEADER,
+        the same setting the gateway reads) unless live workers of that version announce their own imports."""
+        if len(header) > self.settings.prove.max_statement_chars:
+            raise RequestError(
+                f"header is longer than {self.settings.prove.max_statement_chars} characters",
+                param="header",
+                code="too_long",
+            )
+        version = lean_version or self.settings.lean.version
+        announced = self.lean_versions().get(version, {}).get("imports") if lean_version else None
+        loaded = announced if isinstance(announced, list) else header_parts(self.settings.lean.header)[0]
+        require_imports_loaded(header_parts(header)[0], loaded)
 
     def resolve_lean_version(self, requested: str | None) -> str | None:
         if requested is None or requested == self.settings.lean.version:

@@ -30,13 +30,28 @@ class VerifyTimeout(RequestError):
 
 
 def _enqueue(gateway: Any, body: VerifyRequest) -> tuple[str, float]:
+    """Check what the gateway can (a request that fails here never reaches a worker), then enqueue.
+
+    Returns the request id and how long to wait for its result: the RQ timeout of the check, which follows the
+    check's effective limit."""
     if not body.code.strip():
         raise RequestError("code is empty", param="code", code="empty")
     if body.formal_statement is not None:
         parse_statement(body.formal_statement)
+    limit_s = gateway.settings.lean.timeout_s
+    if body.timeout_s is not None and body.timeout_s > limit_s:
+        # A 400 rather than a silent clamp: the client learns the limit instead of getting a `timeout` verdict
+        # for a check that stopped earlier than it asked.
+        raise RequestError(
+            f"timeout_s must be at most {limit_s:g} s (this deployment's OPROVER_LEAN_TIMEOUT_S)",
+            param="timeout_s",
+            code="out_of_range",
+        )
     service = ProveService(gateway)
     version = body.lean_version or gateway.settings.lean.version
-    service.resolve_lean_version(body.lean_version)  # 400 listing the available versions
+    lean_version = service.resolve_lean_version(body.lean_version)  # 400 listing the available versions
+    if body.header is not None:
+        service.check_header(body.header, lean_version)
     if not service.lean_versions().get(version, {}).get("workers"):
         raise LeanError(f"no verify worker is serving Lean {version} right now")
     request_id = "vfy_" + secrets.token_hex(12)
@@ -46,8 +61,10 @@ def _enqueue(gateway: Any, body: VerifyRequest) -> tuple[str, float]:
         "formal_statement": body.formal_statement,
         "timeout_s": body.timeout_s,
     }
-    gateway.dispatch.verify_code(request_id, payload, body.lean_version)
-    return request_id, float(gateway.dispatch.verify_timeout_s)
+    wait_s = gateway.dispatch.verify_code(
+        request_id, payload, body.lean_version, check_timeout_s=body.timeout_s or limit_s
+    )
+    return request_id, float(wait_s)
 
 
 @router.post("/verify")
@@ -58,4 +75,6 @@ async def verify(body: VerifyRequest, gateway: GatewayDep) -> dict[str, Any]:
         raise VerifyTimeout(
             f"no verdict within {timeout_s:.0f} s (are verify workers overloaded?)", code="verify_timeout"
         )
+    if "request_error" in reply:  # the worker found what the gateway could not (e.g. an `open` of no namespace)
+        raise RequestError.from_json(reply["request_error"])
     return reply

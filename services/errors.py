@@ -10,10 +10,14 @@
         └── MemoryError_        the retrieval memory (Qdrant)
 
 A `DependencyError` with `transient=True` is worth retrying (RQ retries the round); one with
-`transient=False` (e.g. the generator rejects the request as too long) is not.
+`transient=False` (e.g. the generator rejects the request as too long) is not. A `RequestError` is never worth
+retrying: the same input fails the same way, so a worker that finds one ends the job (or answers the waiting
+gateway) at once. `to_json`/`from_json` carry one from a worker to the gateway with its status and field.
 """
 
 from __future__ import annotations
+
+from typing import Any
 
 
 class OproverError(Exception):
@@ -29,6 +33,29 @@ class RequestError(OproverError):
         self.message = message
         self.param = param
         self.code = code
+
+    def to_json(self) -> dict[str, Any]:
+        return {
+            "message": self.message,
+            "param": self.param,
+            "code": self.code,
+            "type": self.type,
+            "status": self.status_code,
+        }
+
+    @classmethod
+    def from_json(cls, body: dict[str, Any]) -> RequestError:
+        """The error `to_json` described, with the same status, type and field (another process raised it)."""
+        error = RequestError(
+            str(body.get("message") or "invalid request"), param=body.get("param"), code=body.get("code")
+        )
+        error.status_code = int(body.get("status") or 400)
+        error.type = str(body.get("type") or RequestError.type)
+        return error
+
+    def describe(self) -> str:
+        """One line for a job record or a log: the message, and the field it is about."""
+        return f"invalid request ({self.param}): {self.message}" if self.param else f"invalid request: {self.message}"
 
 
 class InvalidStatement(RequestError):

@@ -9,11 +9,17 @@ import json
 import os
 import subprocess
 import sys
+import time
 
 import pytest
+from rq.job import Job
+from rq.serializers import JSONSerializer
 
+from services.settings import Settings
 from tests.conftest import SHARED_DATA
 from tests.harness import ROOT, ServiceHarness
+from tests.standins.fake_repl import lean_cmd, write_table
+from workers.dispatch import Dispatcher
 
 pytestmark = pytest.mark.slow
 
@@ -113,12 +119,16 @@ def test_oprover_verify_cli(service: ServiceHarness, tmp_path) -> None:
 
 
 def test_a_second_lean_version_gets_its_own_queue(service: ServiceHarness) -> None:
+    # Its REPL reports 4.9.0 (a worker refuses to announce a version its REPL does not run).
+    table = json.loads((service.workdir / "repl-table.json").read_text())
+    v4_9 = write_table(service.workdir / "repl-table-v4.9.json", table["rules"], default="error", lean_version="4.9.0")
     service.start_worker(
         "verify",
         name="verify-v4-9",
         concurrency=1,
         OPROVER_LEAN_VERSION="v4.9.0",
         OPROVER_LEAN_SERVE_DEFAULT_QUEUE="false",
+        OPROVER_LEAN_CMD=lean_cmd(v4_9),
     )
     with service.client() as client:
         result = client.post("/v1/verify", json={"code": PROOF["proof"], "lean_version": "v4.9.0"}).json()
@@ -137,3 +147,97 @@ def test_a_second_lean_version_gets_its_own_queue(service: ServiceHarness) -> No
     assert listed["lean"]["v4.9.0"]["workers"] == 1 and listed["lean"]["v4.15.0"]["workers"] == 1
     assert "oprover" in listed["prompt_profiles"]
     assert {w["version"] for w in ready["checks"]["lean"]["workers"]} == {"v4.15.0", "v4.9.0"}
+
+
+# --- requests the service can never check: a 400 naming the field, at once, never retried -----------------------------
+def _verify_jobs(service: ServiceHarness) -> list[Job]:
+    ids = [key.decode().removeprefix("rq:job:") for key in service.redis.scan_iter("rq:job:vfy_*")]
+    return [Job.fetch(i, connection=service.redis, serializer=JSONSerializer) for i in ids]
+
+
+def test_a_header_importing_what_the_workers_do_not_load_is_a_400_before_enqueueing(service: ServiceHarness) -> None:
+    header = "import Mathlib\nimport FancyLib.Tactics\n"
+    with service.client() as client:
+        verify = client.post("/v1/verify", json={"code": PROOF["proof"], "header": header})
+        prove = client.post("/v1/prove", json={"formal_statement": STATEMENT, "header": header})
+    for response in (verify, prove):
+        assert response.status_code == 400, response.text
+        error = response.json()["error"]
+        assert error["param"] == "header" and error["code"] == "unsupported_import"
+        assert "FancyLib.Tactics" in error["message"]
+    assert _verify_jobs(service) == []  # refused by the gateway: no worker spent a check on it
+
+
+@pytest.fixture
+def mismatched(harness: ServiceHarness) -> ServiceHarness:
+    """A gateway whose OPROVER_LEAN_HEADER imports a module its verify worker's REPLs do not load: the gateway
+    lets such a header through, and only the worker can find it cannot check it."""
+    harness.lean_rules([{"match": "omega", "outcome": "error", "message": "omega could not prove the goal"}])
+    harness.start_gateway(OPROVER_LEAN_HEADER="import Mathlib\nimport FancyLib\n")
+    harness.start_worker("verify", concurrency=1)
+    return harness
+
+
+def test_a_header_the_worker_refuses_is_a_400_naming_header_at_once(mismatched: ServiceHarness) -> None:
+    started = time.monotonic()
+    with mismatched.client() as client:
+        response = client.post(
+            "/v1/verify", json={"code": STATEMENT + "  omega\n", "header": "import Mathlib\nimport FancyLib\n"}
+        )
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["param"] == "header" and error["code"] == "unsupported_import"
+    assert "FancyLib" in error["message"]
+    assert time.monotonic() - started < 10
+    [job] = _verify_jobs(mismatched)
+    deadline = time.monotonic() + 10  # the result is pushed just before the job function returns
+    while job.get_status() == "started" and time.monotonic() < deadline:
+        time.sleep(0.05)
+    assert job.get_status() == "finished"  # it ran once and ended: not failed, not waiting for a retry
+
+
+def test_a_proof_job_whose_header_the_worker_refuses_ends_at_once_naming_header(mismatched: ServiceHarness) -> None:
+    mismatched.generator.script([], default={"content": f"```lean4\n{STATEMENT}  omega\n```"})
+    mismatched.start_worker("generate", concurrency=2)
+    job = mismatched.submit({"formal_statement": STATEMENT, "rounds": 3, "attempts": 1})  # the gateway's header
+    job = mismatched.wait_job(job["id"], timeout_s=30)
+    assert job["status"] == "error", job
+    assert job["error"].startswith("invalid request (header): ") and "FancyLib" in job["error"]
+    assert "not retried" in job["error"]
+    assert len(job["attempts"]) == 1  # round 1 was generated; no later round was asked of the model
+    assert len(mismatched.chat_requests()) == 1
+    with mismatched.client() as client:
+        events = client.get(f"/v1/prove/{job['id']}/events").text
+    assert "round.retrying" not in events
+
+
+def test_a_worker_holds_its_own_lean_limit_whatever_the_gateway_sent(harness: ServiceHarness) -> None:
+    """A gateway configured with a higher limit than the worker cannot make the worker check for longer."""
+    harness.lean_rules([{"match": "HANG_ME", "outcome": "hang"}])
+    harness.start_gateway(OPROVER_LEAN_TIMEOUT_S="60")
+    harness.start_worker("verify", concurrency=1, OPROVER_LEAN_TIMEOUT_S="1")
+    started = time.monotonic()
+    with harness.client() as client:
+        result = client.post("/v1/verify", json={"code": STATEMENT + "  HANG_ME\n", "timeout_s": 30}).json()
+    assert result["verdict"] == "timeout", result
+    assert "no answer within 1 s" in result["detail"]
+    assert time.monotonic() - started < 15
+
+
+def test_timeout_s_above_the_operators_limit_is_a_400(service: ServiceHarness) -> None:
+    with service.client() as client:
+        response = client.post("/v1/verify", json={"code": PROOF["proof"], "timeout_s": 11})  # limit: 10 s
+    assert response.status_code == 400, response.text
+    error = response.json()["error"]
+    assert error["param"] == "timeout_s" and "at most 10 s" in error["message"]
+
+
+def test_the_rq_timeout_follows_the_checks_effective_limit(service: ServiceHarness) -> None:
+    with service.client() as client:
+        short = client.post("/v1/verify", json={"code": PROOF["proof"], "timeout_s": 2}).json()
+    assert short["verdict"] == "pass"
+    [job] = _verify_jobs(service)
+    # The gateway runs on the shipped settings but OPROVER_LEAN_TIMEOUT_S=10, which the formula is not given here.
+    dispatch = Dispatcher(service.redis, Settings(_env_file=None))
+    assert job.timeout == dispatch.verify_timeout_for(2)  # sized for the client's 2 s ...
+    assert job.timeout < dispatch.verify_timeout_for(10)  # ... not for the operator's 10 s limit

@@ -77,10 +77,13 @@ class WorkerContext:
                 ctx.memory = ProofMemory(settings.qdrant)
             if checker:
                 from services.lean import LeanChecker
+                from services.lean.version import require_same_lean
 
                 lean = settings.lean if pool_size is None else settings.lean.model_copy(update={"pool_size": pool_size})
                 ctx.checker = LeanChecker(lean)
                 ctx.checker.start()
+                # Never serve a Lean under another version's name (services/lean/version.py).
+                require_same_lean(settings.lean.version, ctx.checker.pool.lean_version)
         except BaseException:
             ctx.close()
             raise

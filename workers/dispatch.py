@@ -45,10 +45,14 @@ class Dispatcher:
 
     @property
     def verify_timeout_s(self) -> int:
-        # Above the checker's worst case: waiting for a REPL to be (re)started, the check in it, a claimed pass
-        # repeated in a REPL started for it, and the kernel replay; RQ's timeout must never cut a check in half.
-        lean = self.settings.lean
-        return int(2 * lean.import_timeout_s + 2 * lean.timeout_s + lean.replay_timeout_s + 60)
+        return self.verify_timeout_for(self.settings.lean.timeout_s)
+
+    def verify_timeout_for(self, check_timeout_s: float) -> int:
+        """RQ's limit for a verify step whose Lean check may take `check_timeout_s`.
+
+        Above the checker's worst case: waiting for a REPL to be (re)started, the compile, the type and
+        `#print axioms` commands, and the strict replay; RQ's timeout must never cut a check in half."""
+        return int(self.settings.lean.import_timeout_s + 4 * check_timeout_s + 60)
 
     def _retry(self) -> Retry | None:
         worker = self.settings.worker
@@ -98,17 +102,24 @@ class Dispatcher:
             keys.MEMORY_QUEUE, "workers.jobs.remember_proof", [job_id], f"{job_id}-remember", 120, on_failure=None
         )
 
-    def verify_code(self, request_id: str, payload: dict[str, Any], lean_version: str | None) -> None:
-        """A one-off check for POST /v1/verify; the result lands at `keys.verify_result_key(request_id)`."""
+    def verify_code(
+        self, request_id: str, payload: dict[str, Any], lean_version: str | None, *, check_timeout_s: float
+    ) -> int:
+        """A one-off check for POST /v1/verify; the result lands at `keys.verify_result_key(request_id)`.
+
+        `check_timeout_s` is the check's effective limit (the client's `timeout_s`, at most the operator's);
+        returns the RQ timeout it was given, which the waiting gateway follows."""
         queue = keys.verify_queue(lean_version, self.settings.lean.version)
+        timeout = self.verify_timeout_for(check_timeout_s)
         self._enqueue(
             queue,
             "workers.jobs.verify_code",
             [request_id, payload],
             f"{request_id}-verify",
-            self.verify_timeout_s,
+            timeout,
             on_failure=Callback("workers.jobs.on_verify_failure"),
         )
+        return timeout
 
     def start_job(self, job_id: str, attempts: int) -> None:
         for chain in range(attempts):

@@ -9,7 +9,10 @@ already on record resumes from it instead of calling the model again, so a retri
 harmless.
 
 Infrastructure failures raise (so RQ retries the step); `on_stage_failure` ends the proof job as `error`
-once the retries are used up, naming the dependency. A non-transient dependency failure ends it at once.
+once the retries are used up, naming the dependency. A non-transient dependency failure ends it at once, and so
+does a `RequestError` (e.g. a header importing a module the verify worker does not load): the same input would
+fail the same way on every retry, so the job ends `error` with a message naming the field, and a one-off
+verification answers the gateway with the error, which it returns as a 400.
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from typing import Any
 from rq.job import Job
 
 from services.domain import PreviousAttempt, ProofTask, RetrievedProof, Sampling, Verdict
-from services.errors import DependencyError, MemoryError_, NotFound
+from services.errors import DependencyError, MemoryError_, NotFound, RequestError
 from services.leantext import parse_statement, strip_header_lines
 from services.store import JobSpec
 from workers import context
@@ -35,6 +38,21 @@ def _ms(start: float) -> int:
     return int((time.monotonic() - start) * 1000)
 
 
+class WorkerMisconfigured(RuntimeError):
+    """A step reached a worker process that lacks what the step needs (e.g. the generate queue consumed by a
+    process started without a generator): a deployment mistake, reported as such. It is not an `assert`, which
+    `python -O` would remove, turning the mistake into an `AttributeError` on None."""
+
+
+def _need(resource: Any, what: str, step: str) -> Any:
+    if resource is None:
+        raise WorkerMisconfigured(
+            f"{step} reached a worker process without {what}; run this queue with `oprover worker "
+            f"{'verify' if 'checker' in what else 'generate'}`"
+        )
+    return resource
+
+
 # --- generate ----------------------------------------------------------------------------------------------------
 def generate_round(job_id: str, chain: int, round_: int) -> dict[str, Any]:
     from services.generation import GenerationCancelled, extract_code
@@ -44,9 +62,10 @@ def generate_round(job_id: str, chain: int, round_: int) -> dict[str, Any]:
     store = ctx.store
     if store.is_finished(job_id):
         return {"skipped": "job finished"}
+    generator = _need(ctx.generator, "a generator client", "generate_round")
+    cancellation = _need(ctx.cancellation, "a cancellation watcher", "generate_round")
     spec = store.spec(job_id)
     store.mark_running(job_id)
-    assert ctx.generator is not None, "generate_round needs a worker started with a generator"
     recorded = store.attempt(job_id, chain, round_)
     if recorded is not None:
         return _resume_generated(job_id, chain, round_, spec, recorded)
@@ -74,9 +93,8 @@ def generate_round(job_id: str, chain: int, round_: int) -> dict[str, Any]:
             stop=profile.sampling.stop,
         )
         started = time.monotonic()
-        assert ctx.cancellation is not None
-        with ctx.cancellation.watch(job_id) as cancelled:
-            completion = ctx.generator.complete(
+        with cancellation.watch(job_id) as cancelled:
+            completion = generator.complete(
                 messages,
                 sampling,
                 request_id=f"{job_id}-c{chain}-r{round_}",
@@ -92,6 +110,8 @@ def generate_round(job_id: str, chain: int, round_: int) -> dict[str, Any]:
             raise
         _end_with_error(job_id, f"{exc} (round {round_} of chain {chain}; not retried)")
         return {"error": str(exc)}
+    except RequestError as exc:  # e.g. a prompt profile this worker does not have
+        return _end_with_request_error(job_id, exc, chain, round_)
 
     extraction = extract_code(
         completion.content,
@@ -191,25 +211,28 @@ def verify_round(job_id: str, chain: int, round_: int) -> dict[str, Any]:
             # This step proved the job and then failed before the proof reached the memory: finish that part.
             ctx.dispatch.remember(job_id)
         return {"skipped": "job finished"}
-    assert ctx.checker is not None, "verify_round needs a worker started with a Lean checker"
+    checker = _need(ctx.checker, "a Lean checker", "verify_round")
     spec = store.spec(job_id)
     attempt = store.attempt(job_id, chain, round_)
     if attempt is None or attempt.get("code") is None:
         raise RuntimeError(f"job {job_id}: round {round_} of chain {chain} has no generated code to verify")
 
-    result = ctx.checker.check(attempt["code"], formal_statement=spec.formal_statement, header=spec.header)
+    try:
+        result = checker.check(attempt["code"], formal_statement=spec.formal_statement, header=spec.header)
+    except RequestError as exc:  # the job's header or statement: every round would be refused the same way
+        return _end_with_request_error(job_id, exc, chain, round_)
     attempt.update(
         verdict=result.verdict.value,
         feedback=result.feedback,
         messages=[m.to_json() if hasattr(m, "to_json") else m for m in result.messages],
         axioms=result.axioms,
-        lean=ctx.checker.versions(),
+        lean=checker.versions(),
     )
     attempt.setdefault("timings", {})["verify_ms"] = result.time_ms
     store.put_attempt(job_id, attempt, event="attempt.verified")
 
     if result.verdict is Verdict.PASS:
-        store.set_lean(job_id, ctx.checker.versions())
+        store.set_lean(job_id, checker.versions())
         if store.finish_proved(job_id, chain=chain, round_=round_, proof=result.compiled):
             ctx.dispatch.remember(job_id)
             dropped = ctx.dispatch.drop_pending(job_id, spec.attempts, spec.rounds)
@@ -237,7 +260,7 @@ def remember_proof(job_id: str) -> dict[str, Any]:
     from services.memory import VerifiedProof
 
     ctx = context.current()
-    assert ctx.memory is not None, "remember_proof runs only in the process that owns the memory"
+    memory = _need(ctx.memory, "the retrieval memory", "remember_proof")
     job = ctx.store.get(job_id)
     if job["status"] != "proved" or not job["proof"]:
         return {"skipped": "not proved"}
@@ -250,7 +273,7 @@ def remember_proof(job_id: str) -> dict[str, Any]:
         {},
     )
     lean = job.get("lean") or {}
-    added = ctx.memory.add(
+    added = memory.add(
         [
             VerifiedProof(
                 formal_statement=job["formal_statement"],
@@ -269,15 +292,25 @@ def remember_proof(job_id: str) -> dict[str, Any]:
 
 # --- one-off verification (POST /v1/verify) ---------------------------------------------------------------------------
 def verify_code(request_id: str, payload: dict[str, Any]) -> dict[str, Any]:
+    """Check the code and push the result for the waiting gateway: a verdict, or `{"request_error": ...}` when
+    the request itself cannot be checked (the gateway answers that with its status, a 400 naming the field)."""
     ctx = context.current()
-    assert ctx.checker is not None
-    result = ctx.checker.check(
-        payload["code"],
-        formal_statement=payload.get("formal_statement"),
-        header=payload.get("header"),
-        timeout_s=payload.get("timeout_s"),
-    )
-    body = {**result.to_json(), "lean": ctx.checker.versions()}
+    checker = _need(ctx.checker, "a Lean checker", "verify_code")
+    # The gateway refuses a larger `timeout_s`; this worker's own limit holds whatever a gateway sent.
+    limit_s = ctx.settings.lean.timeout_s
+    timeout_s = min(float(payload.get("timeout_s") or limit_s), limit_s)
+    try:
+        result = checker.check(
+            payload["code"],
+            formal_statement=payload.get("formal_statement"),
+            header=payload.get("header"),
+            timeout_s=timeout_s,
+        )
+    except RequestError as exc:
+        logger.info("verification %s refused: %s", request_id, exc.describe())
+        _deliver_verify_result(ctx.redis, request_id, {"request_error": exc.to_json()})
+        return {"request_error": exc.describe()}
+    body = {**result.to_json(), "lean": checker.versions()}
     _deliver_verify_result(ctx.redis, request_id, body)
     return {"verdict": result.verdict.value}
 
@@ -288,6 +321,10 @@ def on_stage_failure(job: Job, connection: Any, exc_type: type, exc: BaseExcepti
     job_id, chain, round_ = job.args[0], job.args[1], job.args[2]
     stage = "generation" if job.func_name.endswith("generate_round") else "verification"
     reason = _describe(exc, stage)
+    if isinstance(exc, RequestError):
+        _never_retry(job)
+        _end_with_error(job_id, f"{reason} (round {round_} of chain {chain}; not retried)", connection=connection)
+        return
     if job.retries_left:
         logger.warning("job %s: %s of round %d chain %d failed, retrying: %s", job_id, stage, round_, chain, reason)
         _store(ctx, connection).event(
@@ -298,10 +335,19 @@ def on_stage_failure(job: Job, connection: Any, exc_type: type, exc: BaseExcepti
 
 
 def on_verify_failure(job: Job, connection: Any, exc_type: type, exc: BaseException, tb: Any) -> None:
+    if isinstance(exc, RequestError):
+        _never_retry(job)
+        _deliver_verify_result(connection, job.args[0], {"request_error": exc.to_json()})
+        return
     if job.retries_left:
         return
     body = {"verdict": Verdict.ERROR.value, "error": _describe(exc, "verification")}
     _deliver_verify_result(connection, job.args[0], body)
+
+
+def _never_retry(job: Job) -> None:
+    """RQ runs the failure callback before it decides on a retry, and retries while `retries_left` > 0."""
+    job.retries_left = 0
 
 
 def _deliver_verify_result(client: Any, request_id: str, body: dict[str, Any]) -> None:
@@ -318,6 +364,10 @@ def _deliver_verify_result(client: Any, request_id: str, body: dict[str, Any]) -
 def _describe(exc: BaseException, stage: str) -> str:
     if isinstance(exc, DependencyError):
         return str(exc)
+    if isinstance(exc, RequestError):
+        return exc.describe()
+    if isinstance(exc, WorkerMisconfigured):
+        return f"worker misconfigured: {exc}"
     if type(exc).__name__ == "AbandonedJobError":
         return f"{'generate' if stage == 'generation' else 'verify'} worker died during {stage}"
     if type(exc).__name__ == "JobTimeoutException":
@@ -331,6 +381,11 @@ def _store(ctx: context.WorkerContext | None, connection: Any) -> Any:
     from services.store import JobStore
 
     return JobStore(connection)
+
+
+def _end_with_request_error(job_id: str, exc: RequestError, chain: int, round_: int) -> dict[str, Any]:
+    _end_with_error(job_id, f"{exc.describe()} (found in round {round_} of chain {chain}; not retried)")
+    return {"request_error": exc.describe()}
 
 
 def _end_with_error(job_id: str, error: str, *, connection: Any = None) -> None:
