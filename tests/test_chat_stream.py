@@ -144,7 +144,13 @@ def test_a_chat_at_real_latencies_with_shipped_defaults_keeps_the_stream_alive(r
             ]
         )
         harness.generator.script([], default={"content": completion_text(GOOD), "delay_s": 8})
-        where = ("OPROVER_REDIS_URL", "OPROVER_GENERATOR_URL", "OPROVER_LEAN_CMD", "OPROVER_QDRANT_PATH")
+        where = (
+            "OPROVER_REDIS_URL",
+            "OPROVER_GENERATOR_URL",
+            "OPROVER_LEAN_CMD",
+            "OPROVER_LEAN_REPLAY_CMD",
+            "OPROVER_QDRANT_PATH",
+        )
         harness.env = {key: value for key, value in harness.env.items() if key in where}
         harness.start_gateway()
         harness.start_worker("generate")
