@@ -77,4 +77,6 @@ async def verify(body: VerifyRequest, gateway: GatewayDep) -> dict[str, Any]:
         )
     if "request_error" in reply:  # the worker found what the gateway could not (e.g. an `open` of no namespace)
         raise RequestError.from_json(reply["request_error"])
+    if "dependency_error" in reply:  # cut off by infrastructure after its retries: a 503, not a verdict
+        raise LeanError(str(reply["dependency_error"].get("message") or "the check was cut off"))
     return reply

@@ -9,8 +9,10 @@ import json
 import os
 import subprocess
 import sys
+import threading
 import time
 
+import httpx
 import pytest
 from rq.job import Job
 from rq.serializers import JSONSerializer
@@ -241,3 +243,28 @@ def test_the_rq_timeout_follows_the_checks_effective_limit(service: ServiceHarne
     dispatch = Dispatcher(service.redis, Settings(_env_file=None))
     assert job.timeout == dispatch.verify_timeout_for(2)  # sized for the client's 2 s ...
     assert job.timeout < dispatch.verify_timeout_for(10)  # ... not for the operator's 10 s limit
+
+
+def test_a_check_cut_off_by_infrastructure_is_a_503_not_a_verdict(harness: ServiceHarness) -> None:
+    """The verify worker dies mid-check and no retry is left: the client gets a 503 it can retry, not a 200
+    `error` verdict it would take for Lean's word on the code."""
+    harness.lean_rules([{"match": "SLOW_PASS", "outcome": "pass", "check_s": 60}])
+    harness.start_gateway(OPROVER_WORKER_ROUND_RETRIES="0")
+    harness.start_worker("verify", name="verify-a", concurrency=1)
+    answer: dict[str, httpx.Response] = {}
+
+    def call() -> None:
+        with harness.client() as client:
+            answer["response"] = client.post("/v1/verify", json={"code": STATEMENT + "  SLOW_PASS\n"}, timeout=120)
+
+    caller = threading.Thread(target=call)
+    caller.start()
+    harness.wait_running("verify")
+    harness.kill("verify-a")  # SIGKILL mid-check
+    harness.start_worker("verify", name="verify-b", concurrency=1)  # its maintenance finds the abandoned check
+    caller.join(timeout=90)
+    response = answer["response"]
+    assert response.status_code == 503, response.text
+    error = response.json()["error"]
+    assert error["code"] == "lean_unavailable"
+    assert "verify worker died during verification" in error["message"]

@@ -341,8 +341,13 @@ def on_verify_failure(job: Job, connection: Any, exc_type: type, exc: BaseExcept
         return
     if job.retries_left:
         return
-    body = {"verdict": Verdict.ERROR.value, "error": _describe(exc, "verification")}
-    _deliver_verify_result(connection, job.args[0], body)
+    # The check was cut off (its worker died, it timed out, the REPLs could not start): that is no verdict on the
+    # code, so the gateway answers 503 and the client retries, instead of a 200 `error` verdict.
+    if isinstance(exc, DependencyError):
+        failure = {"dependency": exc.dependency, "message": exc.message}
+    else:
+        failure = {"dependency": "lean", "message": _describe(exc, "verification")}
+    _deliver_verify_result(connection, job.args[0], {"dependency_error": failure})
 
 
 def _never_retry(job: Job) -> None:
