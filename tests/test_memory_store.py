@@ -448,3 +448,12 @@ def test_rescreening_readmits_what_an_earlier_policy_flagged_and_keeps_what_this
     assert stats["admitted"] == 21 - 1 - refused_today
     assert "an earlier policy's rule" not in stats["screened_out"]
     assert sum(stats["screened_out"].values()) == 1 + refused_today
+
+
+def test_a_directory_of_the_earlier_embedded_format_is_refused_with_what_to_do(tmp_path: Path) -> None:
+    legacy = tmp_path / "qdrant" / "collection" / "oprover_proofs"
+    legacy.mkdir(parents=True)
+    (legacy / "storage.sqlite").write_bytes(b"SQLite format 3\x00")
+    with pytest.raises(MemoryError_, match="earlier embedded format") as info:
+        ProofMemory(QdrantSettings(path=tmp_path / "qdrant"))
+    assert "oprover memory export" in str(info.value) and info.value.transient is False

@@ -1,7 +1,9 @@
 """The retrieval memory: verified proofs in Qdrant, retrieved by Lean-aware lexical similarity.
 
+Embedded: Qdrant Edge (Qdrant's engine in-process) at `settings.path`; or a Qdrant server at `settings.url`.
+
     memory = ProofMemory(settings.qdrant)          # embedded at settings.path unless settings.url
-    memory.search(statement, top_k=4)              # -> list[RetrievedProof]; never the statement itself
+    memory.search(statement, top_k=4)              # -> list[RetrievedProof]: 4 theorems, never the target
     memory.add([VerifiedProof(...)])               # -> how many were new
     import_proofs(memory, Path("proofs.jsonl"))    # JSONL / Parquet / HF datasets folder, resumable
     export_proofs(memory, Path("out.jsonl"))
