@@ -116,6 +116,10 @@ def status_marker(job: dict[str, Any], chain: int) -> str:
     return f"<!-- oprover:status={chain_status(job, chain)} job={job['id']} chain={chain} -->"
 
 
+def _count(n: int, noun: str) -> str:
+    return f"{n} {noun}{'s' if n != 1 else ''}"
+
+
 def chain_status(job: dict[str, Any], chain: int) -> str:
     """What this chain came to: `proved`, or the job's status (`failed`, `cancelled`, `error`), or `stopped`
     when another chain proved the theorem first."""
@@ -128,10 +132,12 @@ def answer(job: dict[str, Any], chain: int) -> str:
     """The `content` of choice `chain`: the proof, or an honest account of why there is none."""
     status = chain_status(job, chain)
     attempts = job["attempts"]
-    rounds = len({(a["chain"], a["round"]) for a in attempts})
-    summary = f"{len(attempts)} attempt{'s' if len(attempts) != 1 else ''} in {rounds} round"
-    summary += f"{'s' if rounds != 1 else ''} over {job['config']['attempts']} chain"
-    summary += f"{'s' if job['config']['attempts'] != 1 else ''}, {_seconds(job):.1f} s"
+    chains = job["config"]["attempts"]
+    deepest = max((a["round"] for a in attempts), default=0)
+    summary = (
+        f"{_count(len(attempts), 'attempt')} over {_count(chains, 'chain')}, up to round {deepest} "
+        f"of {job['config']['rounds']}, {_seconds(job):.1f} s"
+    )
     if status == "proved":
         winner = job["proved_by"]
         return (

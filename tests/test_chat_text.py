@@ -111,7 +111,7 @@ def _job(status: str, **extra: Any) -> dict[str, Any]:
         "id": "prf_x",
         "status": status,
         "attempts": attempts,
-        "config": {"attempts": 2},
+        "config": {"attempts": 2, "rounds": 3},
         "created_at": 100.0,
         "finished_at": 112.5,
         "proof": None,
@@ -125,7 +125,10 @@ def test_a_proved_chain_answers_with_the_proof_and_a_summary() -> None:
     job = _job("proved", proof="import Mathlib\ntheorem t : x = 2 := by nlinarith", proved_by={"chain": 1, "round": 1})
     text = answer(job, 1)
     assert text.startswith("```lean4\nimport Mathlib\ntheorem t : x = 2 := by nlinarith\n```")
-    assert "Proved: Lean accepted this proof (chain 1, round 1; 2 attempts in 2 rounds over 2 chains, 12.5 s)" in text
+    assert (
+        "Proved: Lean accepted this proof (chain 1, round 1; 2 attempts over 2 chains, up to round 1 of 3, 12.5 s)"
+        in text
+    )
     other = answer(job, 0)
     assert other.startswith("Not proved: this chain was stopped when chain 1 found a proof")
     assert "<!-- oprover:status=stopped job=prf_x chain=0 -->" in other
