@@ -606,7 +606,9 @@ def _cancel_all(client: Any, jobs: dict[str, str]) -> int:
 
 # --- memory and Lean setup ------------------------------------------------------------------------------------------
 def cmd_memory(args: argparse.Namespace) -> int:
+    from services.errors import MemoryError_
     from services.memory import ProofMemory, export_proofs, format_stats, import_proofs
+    from services.memory.handoff import import_through_owner, owned_elsewhere
 
     _setup_logging(args.verbose)
     settings = _settings().qdrant
@@ -727,6 +729,12 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("memory", help="the retrieval memory: import PATH | export PATH | stats | rescreen")
     p.add_argument("action", choices=["import", "export", "stats", "rescreen"])
     p.add_argument("path", nargs="?")
+    p.add_argument(
+        "--wait",
+        type=float,
+        default=3600.0,
+        help="import while another process owns the memory: seconds to wait for it to take the import in",
+    )
     p.set_defaults(func=cmd_memory)
 
     p = sub.add_parser("lean", help="Lean toolchain helpers")
@@ -792,11 +800,3 @@ def _with_location(exc: BaseException) -> str:
 
 if __name__ == "__main__":
     sys.exit(main())
-    from services.errors import MemoryError_
-    from services.memory.handoff import import_through_owner, owned_elsewhere
-    p.add_argument(
-        "--wait",
-        type=float,
-        default=3600.0,
-        help="import while another process owns the memory: seconds to wait for it to take the import in",
-    )
