@@ -23,6 +23,8 @@ from pathlib import Path
 from typing import Any
 
 DEFAULT_URL = "http://127.0.0.1:8000"
+# Seconds the gateway keeps an idle client connection open (see cmd_serve).
+SERVE_KEEP_ALIVE_S = 75
 logger = logging.getLogger("oprover")
 # How often a client command retries a gateway that does not answer.
 RETRY_EVERY_S = 2.0
@@ -56,7 +58,17 @@ def cmd_serve(args: argparse.Namespace) -> int:
 
     _setup_logging(args.verbose)
     app = create_app(_settings())
-    uvicorn.run(app, host=args.host, port=args.port, log_level="info", timeout_graceful_shutdown=10)
+    # Keep-alive above the 60 s idle timeout of common load balancers and proxies, so they close an idle connection
+    # first: uvicorn's 5 s default races a client or proxy reusing its pooled connection (a request sent as the
+    # server closes it fails). A long `?wait=` or event stream is a response in progress, not bound by it.
+    uvicorn.run(
+        app,
+        host=args.host,
+        port=args.port,
+        log_level="info",
+        timeout_keep_alive=SERVE_KEEP_ALIVE_S,
+        timeout_graceful_shutdown=10,
+    )
     return 0
 
 

@@ -15,13 +15,19 @@ Two phases:
 
 No verify worker runs: each job is k generations, then waits for Lean. The stand-in's answers are not a model's.
 
-    python bench/bench_generate.py                  # C=32, L=1 s, W=2 x N=32, J=160 x k=4
+Besides the GPU's busy fraction it reports what the worker processes cost: Redis connections (peak), Redis
+commands per second while idle, worker CPU seconds during the saturated phase, generations requested more than
+once, and error lines in the workers' logs. `--service-root` runs the service's processes from another checkout,
+to compare two designs on the same machine and load.
+
+    python bench/bench_generate.py                  # C=32, L=1 s, W=2 x N=64 (the default), J=160 x k=4
     python bench/bench_generate.py --quick          # smaller, for a smoke run
 """
 
 from __future__ import annotations
 
 import argparse
+import collections
 import concurrent.futures
 import contextlib
 import json
@@ -61,9 +67,11 @@ def free_port() -> int:
 class Service:
     """redis-server, gateway and generate workers as child processes of this script."""
 
-    def __init__(self, workdir: Path, generator_url: str) -> None:
+    def __init__(self, workdir: Path, generator_url: str, root: Path = ROOT) -> None:
         self.workdir = workdir
+        self.root = root
         self.processes: list[subprocess.Popen[bytes]] = []
+        self.worker_pids: list[int] = []
         redis_port = free_port()
         binary = shutil.which("redis-server")
         if binary is None:
@@ -86,7 +94,9 @@ class Service:
 
     def _spawn(self, name: str, cmd: list[str], env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
         log = open(self.workdir / f"{name}.log", "ab")  # noqa: SIM115 - the child holds it
-        process = subprocess.Popen(cmd, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True)
+        process = subprocess.Popen(
+            cmd, cwd=self.root, env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True
+        )
         log.close()
         self.processes.append(process)
         return process
@@ -109,14 +119,31 @@ class Service:
     def start_generate_workers(self, workers: int, concurrency: int) -> None:
         for n in range(workers):
             cmd = [sys.executable, "-m", "api.cli", "worker", "generate", "--concurrency", str(concurrency)]
-            self._spawn(f"generate-{n}", [*cmd, "--no-memory"], self.env)
+            self.worker_pids.append(self._spawn(f"generate-{n}", [*cmd, "--no-memory"], self.env).pid)
 
-        def registered() -> bool:
-            return sum(1 for w in Worker.all(connection=self.redis) if w.name.startswith("generate.")) >= (
-                workers * concurrency
-            )
+        def registered() -> bool:  # every process has registered (one RQ worker per process, or one per thread)
+            pids = {w.pid for w in Worker.all(connection=self.redis) if w.name.startswith("generate.")}
+            return set(self.worker_pids) <= pids
 
         self._wait(registered, "generate workers", 60)
+
+    def worker_cpu_s(self) -> float:
+        """User + system CPU seconds the generate worker processes used so far."""
+        ticks = 0
+        for pid in self.worker_pids:
+            fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+            ticks += int(fields[11]) + int(fields[12])  # utime, stime
+        return ticks / os.sysconf("SC_CLK_TCK")
+
+    def redis_info(self) -> dict[str, int]:
+        stats = self.redis.info()
+        return {"clients": int(stats["connected_clients"]), "commands": int(stats["total_commands_processed"])}
+
+    def worker_log_problems(self) -> dict[str, int]:
+        text = "".join(
+            (self.workdir / f"generate-{n}.log").read_text(errors="replace") for n in range(len(self.worker_pids))
+        )
+        return {problem: text.count(problem) for problem in ("Too many connections", "Timeout reading", "Traceback")}
 
     def close(self) -> None:
         for process in reversed(self.processes):
@@ -157,6 +184,13 @@ def light_phase(service: Service, jobs: int, latency_s: float) -> list[float]:
     return added
 
 
+def idle_phase(service: Service, seconds: float = 10.0) -> float:
+    """Redis commands per second while the workers wait for jobs (heartbeats, polls, maintenance)."""
+    before = service.redis_info()["commands"]
+    time.sleep(seconds)
+    return (service.redis_info()["commands"] - before - 1) / seconds
+
+
 def saturation_phase(
     service: Service, standin: StandinServer, jobs: int, attempts: int, capacity: int
 ) -> dict[str, Any]:
@@ -164,6 +198,8 @@ def saturation_phase(
     standin.reset()
     standin.script([], default={"content": ANSWER})
     samples: list[dict[str, Any]] = []
+    peak_clients = 0
+    cpu_before = service.worker_cpu_s()
     with httpx.Client(base_url=service.gateway, timeout=60) as client:
         started = time.monotonic()
         with concurrent.futures.ThreadPoolExecutor(16) as pool:
@@ -172,6 +208,7 @@ def saturation_phase(
         while True:
             snap = standin.stats()
             samples.append(snap)
+            peak_clients = max(peak_clients, service.redis_info()["clients"])
             if snap["served"] >= total:
                 break
             if time.monotonic() - started > 600:
@@ -193,7 +230,11 @@ def saturation_phase(
         if window > 0:
             steady_fraction = (last["busy_slot_s"] - first["busy_slot_s"]) / (capacity * window)
     final = samples[-1]
+    request_ids = collections.Counter(r["headers"].get("x-request-id") for r in standin.requests())
     return {
+        "peak_clients": peak_clients,
+        "worker_cpu_s": service.worker_cpu_s() - cpu_before,
+        "requested_twice": sum(n - 1 for n in request_ids.values()),
         "generations": total,
         "submit_s": submitted_s,
         "elapsed_s": elapsed_s,
@@ -212,25 +253,30 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--capacity", type=int, default=32, help="C: requests the stand-in serves at once")
     parser.add_argument("--latency-s", type=float, default=1.0, help="L: seconds each request takes")
     parser.add_argument("--workers", type=int, default=2, help="W: generate worker processes")
-    parser.add_argument("--concurrency", type=int, default=32, help="N: generations in flight per worker")
+    parser.add_argument("--concurrency", type=int, default=64, help="N: generations in flight per worker")
     parser.add_argument("--jobs", type=int, default=160, help="J: proof jobs submitted at once")
     parser.add_argument("--attempts", type=int, default=4, help="k: chains per job")
     parser.add_argument("--light-jobs", type=int, default=10, help="jobs of the light-load phase")
     parser.add_argument("--quick", action="store_true", help="C=8, W=1 x N=16, J=40: a smoke run")
     parser.add_argument("--json", type=Path, help="also write the numbers here")
+    parser.add_argument(
+        "--service-root", type=Path, default=ROOT, help="run the service's processes from this checkout (A/B runs)"
+    )
     args = parser.parse_args(argv)
     if args.quick:
         args.capacity, args.latency_s, args.workers, args.concurrency, args.jobs, args.light_jobs = 8, 0.5, 1, 16, 40, 5
 
     workdir = Path(tempfile.mkdtemp(prefix="bench-generate-"))
     standin = StandinServer(capacity=args.capacity, latency_s=args.latency_s)
-    service = Service(workdir, standin.url)
+    service = Service(workdir, standin.url, args.service_root.resolve())
     try:
         service.start_gateway()
         service.start_generate_workers(args.workers, args.concurrency)
+        idle_commands = idle_phase(service)
         standin.script([], default={"content": ANSWER})
         light = light_phase(service, args.light_jobs, args.latency_s)
         heavy = saturation_phase(service, standin, args.jobs, args.attempts, args.capacity)
+        problems = service.worker_log_problems()
     finally:
         service.close()
         standin.close()
@@ -250,6 +296,11 @@ def main(argv: list[str] | None = None) -> int:
         ("queue wait at the stand-in, mean (saturated)", f"{heavy['wait_mean_s'] * 1000:.0f} ms"),
         ("client-side generate time, mean (saturated)", _ms(heavy["generate_ms_mean"])),
         ("submitting the jobs took", f"{heavy['submit_s']:.1f} s"),
+        ("Redis connections, peak (all processes)", str(heavy["peak_clients"])),
+        ("Redis commands/s, workers idle", f"{idle_commands:.0f}"),
+        ("worker CPU during the saturated phase", f"{heavy['worker_cpu_s']:.1f} s"),
+        ("generations requested more than once", str(heavy["requested_twice"])),
+        ("worker log: Too many connections / Timeout reading / Traceback", " / ".join(map(str, problems.values()))),
     ]
     width = max(len(k) for k, _ in rows)
     print(f"\n| {'measure'.ljust(width)} | value |\n| {'-' * width} | --- |")
@@ -258,7 +309,10 @@ def main(argv: list[str] | None = None) -> int:
     target_met = heavy["steady_fraction"] is not None and heavy["steady_fraction"] >= 0.95
     print(f"\ntarget >= 95% busy while jobs are plentiful: {'met' if target_met else 'NOT met'}")
     if args.json:
-        args.json.write_text(json.dumps({"args": vars(args) | {"json": str(args.json)}, "light_s": light, **heavy}))
+        shown = vars(args) | {"json": str(args.json), "service_root": str(args.service_root)}
+        args.json.write_text(
+            json.dumps({"args": shown, "light_s": light, "idle_commands": idle_commands, "log": problems, **heavy})
+        )
     shutil.rmtree(workdir, ignore_errors=True)
     return 0 if target_met else 1
 

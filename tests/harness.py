@@ -115,14 +115,14 @@ class ServiceHarness:
         if kind == "generate":
             _ = self.generator
         name = name or f"{kind}-worker"
-        before = self._worker_count(kind)
         args = ["worker", kind, "--concurrency", str(concurrency)]
         process = self._spawn(name, *args, env=env)
-        self._wait(lambda: self._worker_count(kind) >= before + 1, name, 30, process)  # one RQ worker per process
+        self._wait(lambda: self.worker_registered(kind, process.pid), name, 30, process)
         return process
 
-    def _worker_count(self, kind: str) -> int:
-        return sum(1 for w in Worker.all(connection=self.redis) if w.name.startswith(f"{kind}."))
+    def worker_registered(self, kind: str, pid: int) -> bool:
+        """Whether the worker process `pid` has registered its RQ worker (one per process, named after its pid)."""
+        return any(w.name.startswith(f"{kind}.") and w.pid == pid for w in Worker.all(connection=self.redis))
 
     def _wait(self, ready: Any, name: str, timeout_s: float, process: subprocess.Popen[bytes] | None = None) -> None:
         deadline = time.monotonic() + timeout_s

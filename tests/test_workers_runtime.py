@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import http.client
 import socket
 import threading
 import time
@@ -109,21 +110,26 @@ def test_the_gateway_answers_a_wait_longer_than_five_seconds(harness: ServiceHar
     assert elapsed >= 8
 
 
+def test_the_gateway_keeps_an_idle_connection_open_longer_than_a_proxy_does(harness: ServiceHarness) -> None:
+    """uvicorn's 5 s keep-alive closed a client's pooled connection under it; the gateway keeps it 75 s."""
+    harness.start_gateway()
+    conn = http.client.HTTPConnection("127.0.0.1", int(harness.gateway_url.rsplit(":", 1)[1]), timeout=10)
+    try:
+        conn.request("GET", "/healthz")
+        assert conn.getresponse().read() == b'{"status":"ok"}'
+        time.sleep(7)  # idle longer than uvicorn's default keep-alive
+        conn.request("GET", "/healthz")  # on the same connection: closed by the server, this raised
+        assert conn.getresponse().read() == b'{"status":"ok"}'
+    finally:
+        conn.close()
+
+
 # --- the generate worker at its shipped concurrency ---------------------------------------------------------------
 def _shipped_defaults(harness: ServiceHarness) -> None:
     """Drop the harness's lowered settings: the worker and generator client run as shipped."""
     for name in list(harness.env):
         if name.startswith(("OPROVER_WORKER_", "OPROVER_GENERATOR_", "OPROVER_PROVE_", "OPROVER_QDRANT_TOP_K")):
             del harness.env[name]
-
-
-def _wait_registered(harness: ServiceHarness, name: str, process: object) -> None:
-    harness._wait(
-        lambda: any(w.name.startswith("generate.") for w in Worker.all(connection=harness.redis)),
-        name,
-        60,
-        process,  # type: ignore[arg-type]
-    )
 
 
 def test_a_generate_worker_holds_64_generations_in_flight_each_requested_once(harness: ServiceHarness) -> None:
@@ -137,7 +143,7 @@ def test_a_generate_worker_holds_64_generations_in_flight_each_requested_once(ha
     harness.generator.script([], default=NO_CODE)
     harness.start_gateway()
     worker = harness._spawn("generate-worker", "worker", "generate")  # no --concurrency: the default, 64
-    _wait_registered(harness, "generate-worker", worker)
+    harness._wait(lambda: harness.worker_registered("generate", worker.pid), "generate-worker", 60, worker)
 
     with harness.client() as client:
         ids = [

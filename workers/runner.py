@@ -43,6 +43,7 @@ import os
 import secrets
 import signal
 import socket
+import sys
 import threading
 import time
 from collections.abc import Sequence
@@ -58,7 +59,7 @@ from rq.registry import StartedJobRegistry, clean_registries
 from rq.scheduler import RQScheduler
 from rq.serializers import JSONSerializer
 from rq.suspension import is_suspended
-from rq.timeouts import TimerDeathPenalty
+from rq.timeouts import JobTimeoutException, TimerDeathPenalty
 from rq.utils import now
 from rq.worker import SimpleWorker, WorkerStatus
 
@@ -253,11 +254,17 @@ class SlotWorker(SimpleWorker):
             pipe.reset()
 
     def _start(self, job: Job, queue: Queue) -> None:
-        """Hand a dequeued job to a free slot. The job is off the queue: never give up on it while Redis is away."""
+        """Hand a dequeued job to a free slot. The job is off the queue: never give up on it while Redis is away.
+
+        Both of RQ's preparations run here, back to back, before the job waits for its thread: RQ's maintenance
+        drops an expired started-registry entry whose job is not yet `started`, so a process killed between the
+        two would lose the job instead of having it retried.
+        """
         backoff = 1.0
         while True:
             try:
                 execution = self.prepare_execution(job)
+                self.prepare_job_execution(job, remove_from_intermediate_queue=len(self.queues) == 1)
                 break
             except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
                 logger.warning("%s: could not start %s (%s); retrying", self.name, job.id, exc)
@@ -284,6 +291,20 @@ class SlotWorker(SimpleWorker):
             self._free.release()
         outcome = "done" if ok else "failed"
         logger.info("%s %s: %s in %.1f s", queue.name, job.id, outcome, time.monotonic() - started)
+
+    def perform_job(self, job: Job, queue: Queue, execution: Execution) -> bool:
+        """RQ's `perform_job` without its preparation, which `_start` has done (see there)."""
+        try:
+            job.started_at = now()
+            with self.death_penalty_class(
+                job.timeout or self.queue_class.DEFAULT_TIMEOUT, JobTimeoutException, job_id=job.id
+            ):
+                return_value = job.perform()
+            self._finalize_success(job, queue, execution, return_value)
+        except:  # noqa: E722 - as RQ: every failure of the job, timeouts included, is recorded as its failure
+            self._finalize_failure(job, queue, execution, sys.exc_info())
+            return False
+        return True
 
     def _beat_running_jobs(self) -> None:
         """Heartbeats of the worker and of every running execution, in one round trip, on a connection of their

@@ -209,7 +209,9 @@ class AsyncGenerationClient:
             limits=httpx.Limits(
                 max_connections=settings.max_connections,
                 max_keepalive_connections=settings.max_connections,
-                keepalive_expiry=60.0,
+                # Below the 5 s keep-alive of SGLang's and vLLM's HTTP servers: a pooled connection is dropped
+                # before the server closes it, never reused as the server closes it (a failed send, a retry).
+                keepalive_expiry=4.0,
             ),
         )
         self._model: str | None = settings.model
