@@ -658,7 +658,7 @@ def cmd_memory(args: argparse.Namespace) -> int:
         finally:
             memory.close()
     except MemoryError_ as exc:
-        raise SystemExit(f"oprover: {exc}") from None
+        raise SystemExit(f"oprover memory: {_with_location(exc)}") from None
     return 0
 
 

@@ -231,3 +231,12 @@ def test_a_worker_whose_dependency_is_down_says_so_in_one_line_naming_its_url(re
     assert "Traceback" not in run.stderr
     [line] = [line for line in run.stderr.splitlines() if "not starting" in line]
     assert "oprover worker generate: not starting: memory: " in line and f"Qdrant at {qdrant}" in line
+
+
+def test_memory_with_its_server_down_says_so_in_one_line_naming_its_url(tmp_path: Path) -> None:
+    qdrant = f"http://127.0.0.1:{free_port()}"  # nothing listens there
+    run = oprover("memory", "stats", timeout=120, OPROVER_QDRANT_URL=qdrant)
+    assert run.returncode == 1
+    assert "Traceback" not in run.stderr
+    last = run.stderr.strip().splitlines()[-1]
+    assert last.startswith("oprover memory: memory: ") and last.endswith(f"(Qdrant at {qdrant})")

@@ -264,7 +264,7 @@ def remember_proof(job_id: str) -> dict[str, Any]:
     job = ctx.store.get(job_id)
     if job["status"] != "proved" or not job["proof"]:
         return {"skipped": "not proved"}
-    winner = next(
+    winner: dict[str, Any] = next(
         (
             a
             for a in job["attempts"]
@@ -319,7 +319,7 @@ def verify_code(request_id: str, payload: dict[str, Any]) -> dict[str, Any]:
 def on_stage_failure(job: Job, connection: Any, exc_type: type, exc: BaseException, tb: Any) -> None:
     ctx = context.maybe_current()
     job_id, chain, round_ = job.args[0], job.args[1], job.args[2]
-    stage = "generation" if job.func_name.endswith("generate_round") else "verification"
+    stage = "generation" if (job.func_name or "").endswith("generate_round") else "verification"
     reason = _describe(exc, stage)
     if isinstance(exc, RequestError):
         _never_retry(job)
