@@ -297,9 +297,34 @@ class ReplPool:
                 if time.monotonic() > deadline:
                     raise LeanError("no REPL became ready in time", transient=True) from None
                 continue
-            if repl.process.alive():
-                return repl
-            self._discard(repl, reason="died while idle")
+            if not repl.process.alive():
+                self._discard(repl, reason="died while idle")
+                continue
+            if repl.checks == 0:
+                # Keep REPLs that ran no check for `fresh()` (a claimed pass is repeated there) while a used one
+                # is ready: the spare then costs no import when a pass needs it.
+                used = self._take_used()
+                if used is not None:
+                    self._ready.put(repl)
+                    return used
+            return repl
+
+    def _take_used(self) -> Repl | None:
+        """A ready, live REPL that has run checks, if there is one (the others go back in the queue)."""
+        seen: list[Repl] = []
+        found: Repl | None = None
+        while True:
+            try:
+                repl = self._ready.get_nowait()
+            except queue.Empty:
+                break
+            if found is None and repl.checks > 0 and repl.process.alive():
+                found = repl
+            else:
+                seen.append(repl)
+        for repl in seen:
+            self._ready.put(repl)
+        return found
 
     def _raise_if_hopeless(self, *, any_ready: bool) -> None:
         with self._lock:

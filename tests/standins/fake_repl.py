@@ -55,6 +55,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import mmap
 import os
 import re
 import shlex
@@ -239,7 +240,7 @@ _VERSION_EVAL = re.compile(r"^\s*#eval\s+Lean\.versionString\s*$")
 _IMPORT = re.compile(r"(?m)^\s*import\s+\S+.*$")
 _KIND = {"lemma": "theorem", "abbrev": "def", "instance": "def"}
 
-_KEEP: list[bytearray] = []
+_KEEP: list[bytearray | mmap.mmap] = []
 
 
 def _code_only(text: str) -> str:
@@ -487,9 +488,11 @@ class FakeRepl:
             sys.stdout.flush()
             return {}
         if rule.get("rss_mb"):
-            block = bytearray(int(rule["rss_mb"]) * 1024 * 1024)
-            block[::4096] = b"\1" * len(block[::4096])  # touch every page so it is resident
-            _KEEP.append(block)
+            # resident at once (the kernel populates every page): a leak that is there when the reply is sent,
+            # not one still growing while the RSS watchdog samples
+            size = int(rule["rss_mb"]) * 1024 * 1024
+            flags = mmap.MAP_PRIVATE | mmap.MAP_ANONYMOUS | getattr(mmap, "MAP_POPULATE", 0)
+            _KEEP.append(mmap.mmap(-1, size, flags=flags))
 
         axioms = list(rule.get("axioms", STANDARD_AXIOMS))
         messages: list[dict[str, Any]] = []
