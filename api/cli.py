@@ -531,89 +531,13 @@ def read_benchmark(path: str) -> list[dict[str, Any]]:
 
 
 def cmd_eval(args: argparse.Namespace) -> int:
-    """Submit every statement of a JSONL benchmark, wait for all, print the pass rate.
+    """Run a JSONL benchmark against the service (or compare two results files): api/evaluate.py."""
+    from api.evaluate import EvalFailed, command
 
-    Ctrl-C cancels the jobs it submitted that are still running, then exits 130."""
-    problems = read_benchmark(args.bench)
-    if args.limit:
-        problems = problems[: args.limit]
-    results: dict[str, str] = {}
-    pending: dict[str, str] = {}
-    with _client(args) as client:
-        try:
-            _eval(args, client, problems, results, pending)
-        except KeyboardInterrupt:
-            cancelled = _cancel_all(client, pending)
-            print(
-                f"oprover eval: interrupted; cancelled {cancelled} of {len(pending)} unfinished job(s)",
-                file=sys.stderr,
-            )
-            return 130
-    proved = sum(1 for status in results.values() if status == "proved")
-    for name in sorted(results):
-        print(f"{name}\t{results[name]}")
-    print(f"proved {proved} of {len(problems)} ({100 * proved / max(1, len(problems)):.1f}%)")
-    return 0
-
-
-def _eval(
-    args: argparse.Namespace,
-    client: Any,
-    problems: list[dict[str, Any]],
-    results: dict[str, str],
-    pending: dict[str, str],
-) -> None:
-    import httpx
-
-    for index, problem in enumerate(problems):
-        name = str(problem.get("name", index))
-        body = {"formal_statement": problem["formal_statement"], "metadata": {"name": name}}
-        if problem.get("header"):
-            body["header"] = problem["header"]
-        for field in ("rounds", "attempts"):
-            if getattr(args, field) is not None:
-                body[field] = getattr(args, field)
-        response = client.post("/v1/prove", json=body)
-        if response.status_code not in (200, 202):
-            results[name] = "rejected"
-            print(f"{name}: {_error_line(response)}", file=sys.stderr)
-            continue
-        pending[name] = response.json()["id"]
-    outage = _Outage(args.url)
-    while pending:
-        for name, job_id in list(pending.items()):
-            try:
-                response = client.get(f"/v1/prove/{job_id}")
-            except httpx.TransportError as exc:
-                outage.failed(str(exc) or type(exc).__name__)
-                break
-            if response.status_code == 404:
-                results[name] = "expired"
-                del pending[name]
-                continue
-            if response.status_code != 200:
-                outage.failed(_error_line(response))
-                break
-            outage.answered()
-            status = response.json()["status"]
-            if status in ("proved", "failed", "cancelled", "error"):
-                results[name] = status
-                del pending[name]
-        if pending:
-            time.sleep(max(args.poll_s, RETRY_EVERY_S if outage.down else 0))
-
-
-def _cancel_all(client: Any, jobs: dict[str, str]) -> int:
-    import httpx
-
-    cancelled = 0
-    for job_id in jobs.values():
-        try:
-            if client.delete(f"/v1/prove/{job_id}", timeout=10).status_code == 200:
-                cancelled += 1
-        except httpx.TransportError:
-            break  # the gateway is gone: the count says what was not cancelled
-    return cancelled
+    try:
+        return command(args)
+    except EvalFailed as exc:
+        raise CommandFailed(str(exc)) from None
 
 
 # --- memory and Lean setup ------------------------------------------------------------------------------------------
@@ -729,11 +653,20 @@ def build_parser() -> argparse.ArgumentParser:
     client_args(p)
     p.set_defaults(func=cmd_verify)
 
-    p = sub.add_parser("eval", help="prove every statement of a JSONL benchmark and report the pass rate")
-    p.add_argument("bench")
-    p.add_argument("--limit", type=int, default=None)
-    p.add_argument("--rounds", type=int, default=None)
-    p.add_argument("--attempts", type=int, default=None)
+    p = sub.add_parser(
+        "eval", help="run a JSONL benchmark (name, header, formal_statement): pass@k, solves by round, cost"
+    )
+    p.add_argument("bench", nargs="?", help="the benchmark JSONL")
+    p.add_argument("--limit", type=int, default=None, help="only the first N problems")
+    p.add_argument("--attempts", type=int, default=1, help="independent samples per problem (pass@k up to it)")
+    p.add_argument("--rounds", type=int, default=None, help="rounds per sample (default: the deployment's)")
+    p.add_argument("--top-k", type=int, default=None, dest="top_k", help="retrieved proofs per prompt")
+    p.add_argument("--prompt-profile", default=None, dest="prompt_profile")
+    p.add_argument("--lean-version", default=None, dest="lean_version")
+    p.add_argument("--concurrency", type=int, default=8, help="proof jobs in flight")
+    p.add_argument("--out", default=None, help="results JSONL, one line per problem; an existing one is resumed")
+    p.add_argument("--plot", default=None, metavar="DIR", help="write pass@k and solves-by-round PNGs here")
+    p.add_argument("--compare", nargs=2, metavar=("A", "B"), help="compare two results files instead of running")
     p.add_argument("--poll-s", type=float, default=2.0)
     client_args(p)
     p.set_defaults(func=cmd_eval)
