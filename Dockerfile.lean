@@ -40,6 +40,7 @@ RUN git clone --depth 1 --branch "${LEAN_VERSION}" https://github.com/leanprover
 # The kernel replay program: a small Lean executable on the same toolchain (it needs only Lean to build; at run
 # time `lake env` in the Mathlib project gives it Mathlib's modules to import). A build failure stops the image.
 COPY services/lean/lean_files /opt/lean/replay
+# hadolint ignore=DL3003
 RUN cd /opt/lean/replay \
  && echo "leanprover/lean4:${LEAN_VERSION}" > lean-toolchain \
  && lake build \
