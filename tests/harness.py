@@ -194,9 +194,10 @@ class ServiceHarness:
 class OproverUp:
     """`oprover up` as a user starts it: the shipped defaults, with only the parts it needs pointed at.
 
-    Exactly OPROVER_REDIS_URL, OPROVER_GENERATOR_URL, OPROVER_LEAN_CMD, OPROVER_LEAN_CWD and OPROVER_QDRANT_PATH
-    are set; every other OPROVER_* variable of the test's own environment is removed, so no lowered concurrency or
-    shortened interval leaks in. It runs in `workdir` (so no `.env` of the repository is read), on a free port, and
+    Exactly OPROVER_REDIS_URL, OPROVER_GENERATOR_URL, OPROVER_LEAN_CMD, OPROVER_LEAN_REPLAY_CMD (the stand-in
+    kernel replay, accepting every constant), OPROVER_LEAN_CWD and OPROVER_QDRANT_PATH are set; every other
+    OPROVER_* variable of the test's own environment is removed, so no lowered concurrency or shortened interval
+    leaks in. It runs in `workdir` (so no `.env` of the repository is read), on a free port, and
     `up` and its children (gateway, generate worker, verify worker) all print into `workdir/up.log`.
     """
 
