@@ -94,7 +94,10 @@ def test_eval_reports_hand_computed_pass_at_k_and_a_killed_run_resumes_to_the_sa
     # an uninterrupted run
     _script(harness, bench)
     whole = tmp_path / "whole.jsonl"
-    run = subprocess.run(_eval(url, bench, whole), cwd=ROOT, capture_output=True, text=True, timeout=120)
+    plots = tmp_path / "plots"
+    run = subprocess.run(
+        [*_eval(url, bench, whole), "--plot", str(plots)], cwd=ROOT, capture_output=True, text=True, timeout=120
+    )
     assert run.returncode == 0, run.stderr
     # pass@1 = (1/4 + 2/4 + 0) / 3; pass@2 = (1 - C(3,2)/C(4,2) + 1 - C(2,2)/C(4,2) + 0) / 3 = (1/2 + 5/6) / 3;
     # pass@4 = (1 + 1 + 0) / 3
@@ -104,6 +107,7 @@ def test_eval_reports_hand_computed_pass_at_k_and_a_killed_run_resumes_to_the_sa
     )
     assert table == {"pass@1": "25.0%", "pass@2": "44.4%", "pass@4": "66.7%"}, run.stdout
     assert "solved 2 of 3 problems" in run.stdout
+    assert sorted(p.name for p in plots.iterdir()) == ["pass_at_k.png", "solves_by_round.png"]
     assert _outcome(whole) == {
         "mathd_algebra_182": (4, 1, 1, ("failed",) * 3 + ("proved",), ("fail",) * 3 + ("pass",)),
         "mathd_numbertheory_169": (4, 2, 1, ("failed",) * 2 + ("proved",) * 2, ("fail",) * 2 + ("pass",) * 2),

@@ -120,3 +120,11 @@ def test_comparison_names_the_settings_that_differ_and_the_problems_each_solved_
     assert "2 in both" in text
     assert "solved by A alone (1): p" in text
     assert "solved by B alone (1): q" in text
+
+
+def test_plots_are_written_as_png_files(tmp_path: Path) -> None:
+    from api.eval_plots import write_plots
+
+    paths = write_plots([_problem("a", [2, None]), _problem("b", [1, 1])], tmp_path / "plots")
+    assert [p.name for p in paths] == ["pass_at_k.png", "solves_by_round.png"]
+    assert all(p.read_bytes().startswith(b"\x89PNG") for p in paths)
