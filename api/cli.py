@@ -340,11 +340,10 @@ class _Outage:
         self.down = False
 
     def failed(self, why: str) -> None:
+        """`why`: the transport error, or the gateway's 5xx answer (e.g. 503 while its Redis restarts)."""
         if not self.down:
-            print(
-                f"  the gateway at {self.url} does not answer ({why}); retrying every {RETRY_EVERY_S:g} s",
-                file=sys.stderr,
-            )
+            state = f"answers {why}" if why.startswith("error ") else f"does not answer ({why})"
+            print(f"  the gateway at {self.url} {state}; retrying every {RETRY_EVERY_S:g} s", file=sys.stderr)
         self.down = True
 
     def answered(self) -> None:

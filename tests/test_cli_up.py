@@ -23,6 +23,7 @@ import redis
 
 from tests.conftest import free_port
 from tests.standins.fake_repl import lean_cmd, write_table
+from tests.standins.fake_replay import replay_cmd, write_replay_table
 from tests.standins.openai_server import StandinServer
 
 pytestmark = pytest.mark.slow
@@ -42,6 +43,7 @@ class Up:
             OPROVER_REDIS_URL=self.redis_url,
             OPROVER_GENERATOR_URL=generator_url,
             OPROVER_LEAN_CMD=lean_cmd(table),
+            OPROVER_LEAN_REPLAY_CMD=replay_cmd(write_replay_table(workdir / "replay-table.json")),
             OPROVER_QDRANT_PATH=str(workdir / "qdrant"),
             # Lighter than the defaults: this test is about Redis and signals, not throughput.
             OPROVER_GENERATOR_CONCURRENCY="4",
