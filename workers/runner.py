@@ -5,16 +5,18 @@ Why one RQ worker with N job slots, and not N RQ workers as threads (the design 
   connections, 64 blocking dequeues, 64 heartbeat loops and 64 registry maintenance runs per interval, on a
   redis-py pool that stops at 100 connections: threads died with `MaxConnectionsError`, were restarted, and the
   streams in flight were cut and resent, so the model saw one request 5-7 times. Measured side by side at the
-  shipped defaults (README, Performance: the fixed thread-of-workers against this), one worker with 64 slots
-  holds ~10 connections instead of ~130, sends far fewer Redis commands while idle, and keeps the GPU as busy.
+  shipped concurrency (README, Performance: `bench/bench_generate.py`, the old design with its pool cap raised so
+  that it runs at all), the gateway and two workers of 64 slots peaked at 43 Redis connections instead of 275,
+  sent 26 Redis commands/s instead of 350 while idle, used less CPU, and kept the GPU as busy (97.6% vs 97.0%).
 - RQ 3 already tracks several executions per worker (`worker.executions`, one started-registry entry per
   execution), so a worker that runs jobs side by side keeps RQ's bookkeeping exact: each job is prepared,
-  performed, retried, failed and cleaned up by RQ's own `perform_job`, and its failure callback runs as usual.
+  finished, retried, failed and cleaned up by RQ's own steps (`prepare_execution`, `prepare_job_execution`,
+  `_finalize_success`/`_finalize_failure`), and its failure callback runs as usual.
 - Threads rather than an event loop: the job functions are plain blocking functions (a generation is an HTTP
   call through the process's shared client, a check waits for a REPL of the shared Lean pool), so a thread per
   slot costs little and keeps them unchanged; the generation client already runs one event loop for all.
 
-What this module adds around RQ's `perform_job`:
+What this module adds around those steps:
 - One dequeue loop: it takes a job only when a slot is free, blocks on Redis at most `WORKER_BLOCK_S` (so a
   stop is seen quickly; the process's Redis client is built for that block), and never drops a job it took: a
   stop is looked at only before the dequeue, and a Redis outage after it is waited out.
