@@ -361,6 +361,11 @@ def command(args: Any) -> int:
             + (f"; {len(done)} already in {out}, skipped" if done else "")
             + ("" if out else "; no --out: results are not saved and the run cannot be resumed")
         )
+        print(
+            "no contamination: the service never retrieves a problem's own proofs, by statement hash or by problem "
+            "name; to keep every problem of this benchmark out of every prompt, run the workers with "
+            f"OPROVER_QDRANT_EXCLUDE_FILE={args.bench}"
+        )
         solved = sum(1 for r in done if r.solved)
         bar = progress_bar(len(todo), solved)
 

@@ -19,7 +19,7 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 # Payload fields a search reads: the texts shown in the prompt and the key of "one proof per theorem".
-SEARCH_FIELDS = ["formal_statement", "proof", "body_hash", "statement_hash", "screen_reason"]
+SEARCH_FIELDS = ["formal_statement", "proof", "body_hash", "statement_hash", "screen_reason", "name"]
 
 # RRF's rank constant (score = Σ 1/(k + rank)): Qdrant's default, stated so the embedded engine, whose
 # fusion takes it as an argument, ranks exactly as a server does.

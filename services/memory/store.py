@@ -42,7 +42,7 @@ from services.domain import RetrievedProof
 from services.errors import MemoryError_
 from services.memory.backend import Backend, Point
 from services.memory.embeddings import EmbeddingsClient
-from services.memory.schema import SCREEN_REASON, VerifiedProof, body_hash, statement_hash
+from services.memory.schema import SCREEN_REASON, VerifiedProof, body_hash, declaration_name, statement_hash
 from services.memory.screening import Screener, screen
 from services.memory.tokenizer import document_vector, query_vector, statement_tokens
 from services.settings import QdrantSettings
@@ -89,6 +89,29 @@ def load_exclusions(path: Path | None) -> frozenset[str]:
             hashes.update(body_hash(s) for s in statements if isinstance(s, str))
     logger.info("memory: %d excluded statements from %s", len(hashes), path)
     return frozenset(hashes)
+
+
+def load_excluded_names(path: Path | None) -> frozenset[str]:
+    """Problem names never to retrieve: each exclusion record's `name` and its statements' declaration names.
+
+    A re-worded statement of a benchmark problem (a prover's corrected version) has another body hash, but
+    is still stored under the problem's name; excluding by name as well keeps it out. Read after
+    `load_exclusions`, which has reported any malformed line.
+    """
+    if path is None:
+        return frozenset()
+    names: set[str] = set()
+    with path.open(encoding="utf-8") as handle:
+        for line in handle:
+            if not line.strip():
+                continue
+            record = json.loads(line)
+            if isinstance(record.get("name"), str) and record["name"]:
+                names.add(record["name"])
+            name = declaration_name(record["formal_statement"])
+            if name:
+                names.add(name)
+    return frozenset(names)
 
 
 def format_stats(stats: dict[str, Any]) -> str:
@@ -149,6 +172,7 @@ class ProofMemory:
         self._embeddings = embeddings
         try:
             self._excluded = load_exclusions(settings.exclude_file)
+            self._excluded_names = load_excluded_names(settings.exclude_file)
             self._backend = backend if backend is not None else self._open_backend()
             self.server = self._backend.kind == "server"
             self._check_dense()
@@ -204,13 +228,16 @@ class ProofMemory:
         """Up to `top_k` verified proofs of `top_k` different theorems like `formal_statement`, best first.
 
         Never returns the target's own theorem (any name, layout or comments), a statement in
-        `exclude`, one in the configured exclusion file, or a proof the screening flagged.
+        `exclude`, one in the configured exclusion file, a proof stored under the target's declaration name or
+        a name of the exclusion file (the same problem re-worded), or a proof the screening flagged.
         """
         if top_k <= 0:
             return []
         if isinstance(exclude, str):  # one statement, not an iterable of characters
             exclude = [exclude]
         banned = {body_hash(formal_statement), *(body_hash(s) for s in exclude), *self._excluded}
+        own_name = declaration_name(formal_statement)
+        banned_names = self._excluded_names | ({own_name} if own_name else set())
         tokens = statement_tokens(formal_statement)
         dense = self._embeddings.embed([formal_statement])[0] if self._embeddings is not None else None
         if not tokens and dense is None:
@@ -224,11 +251,14 @@ class ProofMemory:
         while len(results) < top_k:
             with self._lock:
                 hits = self.backend.query(sparse, dense, sorted(banned | seen), limit)
-            before = len(results)
+            before, banned_before = len(results), len(banned)
             for hit in hits:
                 body = hit.payload.get("body_hash") or hit.id
                 # Belt and braces: the filter already did this, but "never the target" must not hang on it.
                 if body in banned or body in seen or hit.payload.get(SCREEN_REASON):
+                    continue
+                if hit.payload.get("name") in banned_names:
+                    banned.add(body)  # the next query leaves this theorem out inside the engine
                     continue
                 seen.add(body)
                 results.append(
@@ -241,7 +271,7 @@ class ProofMemory:
                 )
                 if len(results) == top_k:
                     break
-            if len(hits) < limit or len(results) == before:
+            if len(hits) < limit or (len(results) == before and len(banned) == banned_before):
                 break  # the store has nothing more to give
         return results
 
