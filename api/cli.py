@@ -539,6 +539,13 @@ def cmd_eval(args: argparse.Namespace) -> int:
         raise CommandFailed(str(exc)) from None
 
 
+def cmd_export(args: argparse.Namespace) -> int:
+    """Finished jobs' rounds as chat-format training examples, and their proofs: api/export.py."""
+    from api.export import command
+
+    return command(args)
+
+
 # --- memory and Lean setup ------------------------------------------------------------------------------------------
 def cmd_memory(args: argparse.Namespace) -> int:
     from services.errors import MemoryError_
@@ -669,6 +676,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--poll-s", type=float, default=2.0)
     client_args(p)
     p.set_defaults(func=cmd_eval)
+
+    p = sub.add_parser("export", help="training data from finished jobs: export trajectories --out FILE")
+    export_sub = p.add_subparsers(dest="export_command", required=True)
+    q = export_sub.add_parser(
+        "trajectories", help="round-level repair examples (chat JSONL, the job's prompt profile) and proofs"
+    )
+    q.add_argument("--out", required=True, help="rounds JSONL (resumed when it exists)")
+    q.add_argument("--proofs", default=None, help="verified proofs JSONL (default: OUT's stem + .proofs.jsonl)")
+    q.add_argument("--results", default=None, help="only the jobs of this `oprover eval --out` file")
+    q.set_defaults(func=cmd_export)
 
     p = sub.add_parser("memory", help="the retrieval memory: import PATH | export PATH | stats | rescreen")
     p.add_argument("action", choices=["import", "export", "stats", "rescreen"])
