@@ -22,6 +22,7 @@ RULES = [
     {"match": "GROW_ME", "outcome": "error", "message": "linarith failed", "rss_mb": 120},
     {"match": "SLOW_ME", "outcome": "pass", "check_s": 0.4},
     {"match": "SLOW_NO", "outcome": "error", "check_s": 0.4},
+    {"match": "NOPE", "outcome": "error", "message": "linarith failed"},
     PASS_POSITIVITY,
 ]
 
@@ -103,8 +104,8 @@ def test_repl_above_the_rss_limit_is_recycled_after_its_check(tmp_path) -> None:
 
 def test_repl_is_recycled_after_max_checks(tmp_path) -> None:
     with stand_in_checker(tmp_path, RULES, max_checks_per_repl=3) as checker:
-        for _ in range(7):
-            assert checker.check(GOOD_PROOF, formal_statement=STATEMENT).verdict is Verdict.PASS
+        for _ in range(7):  # failing checks: a claimed pass retires its REPL anyway (tests/test_lean_replay.py)
+            assert checker.check(proof("NOPE"), formal_statement=STATEMENT).verdict is Verdict.FAIL
         assert checker.pool.stats["recycled"] == 2
         assert checker.pool.stats["spawned"] >= 3
 
@@ -150,11 +151,13 @@ def test_checks_run_in_parallel(tmp_path) -> None:
 def test_request_headers_get_their_own_environment(tmp_path) -> None:
     with stand_in_checker(tmp_path, RULES) as checker:
         header = "import Mathlib\nimport Aesop\nset_option maxHeartbeats 0\nopen Real\n"
+        failed = checker.check(proof("NOPE"), formal_statement=STATEMENT, header=header)
+        assert failed.verdict is Verdict.FAIL and failed.compiled.startswith(header.rstrip("\n") + "\n\n")
+        repl = next(iter(checker.pool._ready.queue))
+        assert "set_option maxHeartbeats 0\nopen Real" in repl.header_envs  # kept by the reused process
         result = checker.check(GOOD_PROOF, formal_statement=STATEMENT, header=header)
         assert result.verdict is Verdict.PASS
         assert result.compiled.startswith(header.rstrip("\n") + "\n\n")
-        repl = next(iter(checker.pool._ready.queue))
-        assert "set_option maxHeartbeats 0\nopen Real" in repl.header_envs
         with pytest.raises(RequestError) as caught:
             checker.check(GOOD_PROOF, formal_statement=STATEMENT, header="import MyPrivateLib\n")
         assert caught.value.param == "header"

@@ -112,13 +112,20 @@ def test_code_planted_by_one_check_cannot_pass_the_next(tmp_path) -> None:
 
 
 def test_a_reply_forged_ahead_on_stdout_ends_the_repl(tmp_path) -> None:
-    """A check that writes a second reply for whatever request comes next: the stray output is seen, that REPL is
-    killed, and the next check runs in another one."""
+    """A check that writes a second reply for whatever request comes next. Seen with the reply or before the next
+    request, it ends the check as unreadable; read as the next request's reply, it ends it as a failure, and the
+    real reply left over is seen when the REPL is handed back. Either way that REPL is killed and the next check,
+    in another one, is judged normally."""
     rules = [{"match": "FORGE", "outcome": "forge"}, PASS_POSITIVITY]
     with stand_in_checker(tmp_path, rules, pool_size=1, spares=0) as checker:
         result = checker.check(GOOD_PROOF.replace("positivity", "FORGE"), formal_statement=STATEMENT)
-        assert result.verdict is Verdict.ERROR and "could not be read" in result.detail
-        assert "output after the reply" in result.detail
+        if result.verdict is Verdict.ERROR:
+            assert "output after the reply" in result.detail or "output outside a reply" in result.detail
+        else:
+            assert result.verdict is Verdict.FAIL and "no standard answer" in result.detail
+        deadline = time.monotonic() + 10
+        while checker.pool.stats["killed"] < 1 and time.monotonic() < deadline:
+            checker.check("theorem other : True := trivial")  # a REPL with pending output is never handed on
         assert checker.pool.stats["killed"] == 1
         assert checker.check(GOOD_PROOF, formal_statement=STATEMENT).verdict is Verdict.PASS
 
@@ -164,7 +171,8 @@ def test_a_hostile_environment_file_never_passes(tmp_path, mode, verdict, why) -
 )
 def test_a_replay_without_a_verdict_is_an_error_never_a_pass(tmp_path, mode, why) -> None:
     replay = kernel(tmp_path, [], verdict=mode)
-    with stand_in_checker(tmp_path, [PASS_POSITIVITY], replay_cmd=replay, replay_timeout_s=1.0) as checker:
+    limit = 1.0 if mode == "hang" else 30.0
+    with stand_in_checker(tmp_path, [PASS_POSITIVITY], replay_cmd=replay, replay_timeout_s=limit) as checker:
         result = checker.check(GOOD_PROOF, formal_statement=STATEMENT)
     assert result.verdict is Verdict.ERROR and "could not judge" in result.detail and why in result.detail
 

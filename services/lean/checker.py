@@ -260,6 +260,8 @@ class LeanChecker:
             candidate = None
             if workdir is not None:
                 candidate = self._pickle(lease, compiled.env, workdir, "candidate", deadline)
+                # Nothing of the process that wrote the file may still run while the replay reads it.
+                lease.retire = "claimed a pass: retired before its environment file is replayed"
         except ReplFailure as failure:
             lease.broken = f"{failure.kind}: {failure.detail}"
             return _failure_outcome(failure, limit)

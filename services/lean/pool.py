@@ -105,7 +105,7 @@ class ReplPool:
         self._executor = ThreadPoolExecutor(max_workers=min(self.target, 8), thread_name_prefix="repl-spawn")
         self._futures: set[Future[None]] = set()
         self.lean_version: str | None = None
-        self.stats = {"spawned": 0, "killed": 0, "recycled": 0, "spawn_failures": 0}
+        self.stats = {"spawned": 0, "killed": 0, "recycled": 0, "retired": 0, "spawn_failures": 0}
 
     # -- life cycle -------------------------------------------------------------------------------------------
     def start(self, wait: bool = True) -> None:
@@ -265,7 +265,7 @@ class ReplPool:
         finally:
             if repl is not None:
                 if pooled:
-                    self._discard(repl, reason="used for a trusted check", kill=True)
+                    self._discard(repl, reason="used for a trusted check", kill=True, stat="retired")
                 else:
                     repl.process.kill()
             self._slots.release()
@@ -299,6 +299,9 @@ class ReplPool:
                 continue
             if not repl.process.alive():
                 self._discard(repl, reason="died while idle")
+                continue
+            if repl.process.stray_output():
+                self._discard(repl, reason="output outside a reply while idle", kill=True)
                 continue
             if repl.checks == 0:
                 # Keep REPLs that ran no check for `fresh()` (a claimed pass is repeated there) while a used one
@@ -342,6 +345,12 @@ class ReplPool:
         if lease.broken or not repl.process.alive():
             self._discard(repl, reason=lease.broken or "died", kill=True)
             return
+        if repl.process.stray_output():  # e.g. a reply forged ahead for the next check: never hand it on
+            self._discard(repl, reason="output outside a reply", kill=True)
+            return
+        if lease.retire:
+            self._discard(repl, reason=lease.retire, kill=True, stat="retired")
+            return
         if repl.checks >= self.settings.max_checks_per_repl:
             self._discard(repl, reason=f"recycled after {repl.checks} checks", recycle=True)
             return
@@ -351,11 +360,13 @@ class ReplPool:
             return
         self._ready.put(repl)
 
-    def _discard(self, repl: Repl, *, reason: str, kill: bool = False, recycle: bool = False) -> None:
+    def _discard(
+        self, repl: Repl, *, reason: str, kill: bool = False, recycle: bool = False, stat: str | None = None
+    ) -> None:
         logger.info("retiring REPL pid %s: %s", repl.process.pid, reason)
         with self._lock:
             self._live -= 1
-            self.stats["recycled" if recycle else "killed"] += 1
+            self.stats[stat or ("recycled" if recycle else "killed")] += 1
         if kill:
             repl.process.kill()
         else:
@@ -381,11 +392,13 @@ class ReplPool:
 
 
 class Lease:
-    """One check's hold on a REPL; set `broken` (with a reason) to have it killed instead of reused."""
+    """One check's hold on a REPL; set `broken` (with a reason) to have it killed instead of reused, `retire` to
+    have it killed as planned (a claimed pass: nothing of it may run while the replay reads its files)."""
 
     def __init__(self, repl: Repl) -> None:
         self.repl = repl
         self.broken: str | None = None
+        self.retire: str | None = None
 
     @property
     def process(self) -> ReplProcess:

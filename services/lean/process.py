@@ -220,18 +220,18 @@ class ReplProcess:
             raise ReplProtocolFailure(str(exc)) from exc
 
     def _refuse_stray_output(self) -> None:
-        fd = self.proc.stdout.fileno()  # type: ignore[union-attr]
-        readable, _, _ = select.select([fd], [], [], 0)
-        if readable:
-            try:
-                chunk = os.read(fd, 1 << 16)
-            except BlockingIOError:
-                chunk = b""
-            if not chunk:  # EOF: the process is gone; the write below reports it
-                return
-            self._buffer += chunk
-        if self._buffer.strip():
+        if self.stray_output():
             raise ReplProtocolFailure(f"output outside a reply: {self._buffer[:200]!r}")
+
+    def stray_output(self) -> bool:
+        """Whether the process wrote anything since its last reply (checked without waiting)."""
+        fd = self.proc.stdout.fileno()  # type: ignore[union-attr]
+        with contextlib.suppress(OSError, ValueError):
+            readable, _, _ = select.select([fd], [], [], 0)
+            if readable:
+                with contextlib.suppress(BlockingIOError):
+                    self._buffer += os.read(fd, 1 << 16)  # b"" at EOF: a dead process, reported elsewhere
+        return bool(self._buffer.strip())
 
     def _write(self, data: bytes, deadline: float) -> None:
         stdin = self.proc.stdin
