@@ -35,10 +35,16 @@ class CommandFailed(Exception):
 
 
 def _setup_logging(verbose: bool = False) -> None:
+    from services import jsonlog
+
     logging.basicConfig(
         level=logging.DEBUG if verbose else logging.INFO,
         format="%(asctime)s %(levelname)s %(name)s [%(threadName)s] %(message)s",
     )
+    try:
+        jsonlog.install(logging.DEBUG if verbose else logging.INFO)  # OPROVER_LOG_FORMAT=json: one JSON object a line
+    except ValueError as exc:
+        raise SystemExit(f"oprover: {exc}") from None
 
 
 def _settings() -> Any:
@@ -55,6 +61,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
     import uvicorn
 
     from api.app import create_app
+    from services import jsonlog
 
     _setup_logging(args.verbose)
     app = create_app(_settings())
@@ -68,6 +75,7 @@ def cmd_serve(args: argparse.Namespace) -> int:
         log_level="info",
         timeout_keep_alive=SERVE_KEEP_ALIVE_S,
         timeout_graceful_shutdown=10,
+        log_config=jsonlog.uvicorn_log_config(),  # OPROVER_LOG_FORMAT=json: uvicorn's lines as JSON too
     )
     return 0
 
@@ -102,6 +110,9 @@ def cmd_worker(args: argparse.Namespace) -> int:
         # e.g. the REPL runs another Lean than OPROVER_LEAN_VERSION, or no REPL can start: one line, no service.
         logger.error("oprover worker %s: not starting: %s", args.kind, _with_location(exc))
         return 1
+    from services import metrics
+
+    metrics.serve_for_worker(ctx, args.metrics_port)  # /metrics (--metrics-port or OPROVER_METRICS_PORT), once warm
     return WorkerPool(ctx, queues, concurrency, kind=args.kind).run()
 
 
@@ -135,14 +146,33 @@ def cmd_up(args: argparse.Namespace) -> int:
     # Installed before anything starts, so a Ctrl-C during start-up cannot leave an orphan behind.
     signal.signal(signal.SIGINT, stop)
     signal.signal(signal.SIGTERM, stop)
+    from api.launch import LaunchError, lean_env_for_up, model_server_for_up
+
+    try:  # checked before anything starts: a missing Lean project or model server is one line, not a crash later
+        os.environ.update(lean_env_for_up(settings.lean.cmd))  # the project `oprover lean setup data/lean` made
+        model_server = model_server_for_up(settings.generator.url)  # no OPROVER_GENERATOR_URL: SGLang runs here
+    except LaunchError as exc:
+        raise SystemExit(f"oprover up: {exc}") from None
     redis_server = LocalRedis.start_if_needed(settings.redis.url)
     if redis_server is not None:
         children["redis"] = redis_server.process
+    if model_server is not None:
+        children["sglang"] = model_server.start()
+        os.environ["OPROVER_GENERATOR_URL"] = model_server.url  # inherited by the gateway and the workers
+        if not model_server.wait_ready(lambda: stopping):
+            code = model_server.stop()
+            if "redis" in children:
+                children["redis"].terminate()
+                children["redis"].wait(timeout=30)
+            if stopping:
+                return 0
+            raise SystemExit(f"oprover up: the model server exited with code {code}:\n{model_server.log_tail()}")
     base = [sys.executable, "-m", "api.cli"]
     commands = {
         "gateway": [*base, "serve", "--host", args.host, "--port", str(args.port)],
-        "generate-worker": [*base, "worker", "generate"],
-        "verify-worker": [*base, "worker", "verify"],
+        # /metrics of the workers beside the gateway's port (docs/deployment.md)
+        "generate-worker": [*base, "worker", "generate", "--metrics-port", str(args.port + 1)],
+        "verify-worker": [*base, "worker", "verify", "--metrics-port", str(args.port + 2)],
     }
     for name, command in commands.items():
         if stopping:
@@ -169,6 +199,8 @@ def cmd_up(args: argparse.Namespace) -> int:
                 exit_code = 1
                 stop()
         time.sleep(0.2)
+    if model_server is not None:  # its whole process group (SGLang's scheduler and detokenizer too)
+        model_server.stop()
     if "redis" in children:  # last, so the workers could still write what they finished
         children["redis"].terminate()
         children["redis"].wait(timeout=30)
@@ -622,6 +654,9 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=None,
         help="jobs in flight (default: OPROVER_GENERATOR_CONCURRENCY / one per REPL)",
+    )
+    p.add_argument(
+        "--metrics-port", type=int, default=None, help="serve /metrics on this port (default: OPROVER_METRICS_PORT)"
     )
     p.add_argument(
         "--no-memory",

@@ -9,7 +9,7 @@ import httpx
 from fastapi import APIRouter
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response
-from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
+from prometheus_client import CONTENT_TYPE_LATEST
 from prometheus_client.core import GaugeMetricFamily
 from rq import Worker
 from rq.utils import now
@@ -127,7 +127,9 @@ class _QueueCollector:
 
 @router.get("/metrics")
 async def metrics(gateway: GatewayDep) -> Response:
-    registry = CollectorRegistry()
-    registry.register(_QueueCollector(gateway))  # type: ignore[arg-type]
-    body = await run_in_threadpool(generate_latest, registry)
+    """This process's metrics (services/metrics.py) and the queues' state, read from Redis now."""
+    from services import metrics as service_metrics
+
+    collectors = [_QueueCollector(gateway), service_metrics.QueueAgeCollector(gateway.redis)]
+    body = await run_in_threadpool(service_metrics.render, collectors)
     return Response(body, media_type=CONTENT_TYPE_LATEST)

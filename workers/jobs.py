@@ -25,6 +25,7 @@ from typing import Any
 
 from rq.job import Job
 
+from services import metrics
 from services.domain import PreviousAttempt, ProofTask, RetrievedProof, Sampling, Verdict
 from services.errors import DependencyError, MemoryError_, NotFound, RequestError
 from services.leantext import parse_statement, strip_header_lines
@@ -93,7 +94,7 @@ def generate_round(job_id: str, chain: int, round_: int) -> dict[str, Any]:
             stop=profile.sampling.stop,
         )
         started = time.monotonic()
-        with cancellation.watch(job_id) as cancelled:
+        with cancellation.watch(job_id) as cancelled, metrics.IN_FLIGHT.track_inprogress():
             completion = generator.complete(
                 messages,
                 sampling,
@@ -102,6 +103,13 @@ def generate_round(job_id: str, chain: int, round_: int) -> dict[str, Any]:
                 cancel=cancelled,
             )
         generate_ms = _ms(started)
+        metrics.observe_generation(
+            seconds=generate_ms / 1000,
+            retrieval_seconds=retrieve_ms / 1000,
+            finish=completion.finish_reason,
+            usage=completion.usage,
+            ttft_ms=completion.ttft_ms,
+        )
     except GenerationCancelled:
         logger.info("job %s: generation of round %d chain %d aborted: the job is finished", job_id, round_, chain)
         return {"skipped": "job finished during generation"}
@@ -230,10 +238,12 @@ def verify_round(job_id: str, chain: int, round_: int) -> dict[str, Any]:
     )
     attempt.setdefault("timings", {})["verify_ms"] = result.time_ms
     store.put_attempt(job_id, attempt, event="attempt.verified")
+    metrics.observe_round(result.verdict.value, attempt.get("timings"))
 
     if result.verdict is Verdict.PASS:
         store.set_lean(job_id, checker.versions())
         if store.finish_proved(job_id, chain=chain, round_=round_, proof=result.compiled):
+            metrics.observe_job_end("proved", store.get(job_id))
             ctx.dispatch.remember(job_id)
             dropped = ctx.dispatch.drop_pending(job_id, spec.attempts, spec.rounds)
             logger.info(
@@ -251,8 +261,8 @@ def _advance(job_id: str, chain: int, round_: int, spec: JobSpec) -> None:
         return
     if round_ < spec.rounds:
         ctx.dispatch.generate(job_id, chain, round_ + 1)
-    else:
-        ctx.store.chain_ended(job_id, chain)
+    elif ctx.store.chain_ended(job_id, chain):  # the last chain: the job failed
+        metrics.observe_job_end("failed", ctx.store.get(job_id))
 
 
 # --- memory ----------------------------------------------------------------------------------------------------------
@@ -401,6 +411,7 @@ def _end_with_error(job_id: str, error: str, *, connection: Any = None) -> None:
     except NotFound:  # expired meanwhile: nothing left to end
         return
     if ended:
+        metrics.observe_job_end("error", None)
         logger.error("job %s: ended with error: %s", job_id, error)
         if ctx is not None:
             spec = store.spec(job_id)

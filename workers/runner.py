@@ -65,7 +65,7 @@ from rq.timeouts import JobTimeoutException, TimerDeathPenalty
 from rq.utils import now
 from rq.worker import SimpleWorker, WorkerStatus
 
-from services import lean_workers, redis_clients
+from services import jsonlog, lean_workers, redis_clients
 from workers import context
 from workers.context import WorkerContext
 
@@ -279,11 +279,13 @@ class SlotWorker(SimpleWorker):
     def _perform(self, job: Job, queue: Queue, execution: Execution) -> None:
         started = time.monotonic()
         ok = False
+        bound = jsonlog.bind(job.id)  # what this thread logs meanwhile carries the proof job's id (JSON logs)
         try:
             ok = self.perform_job(job, queue, execution)
         except BaseException:  # RQ records failures itself; this is its own bookkeeping failing (Redis down)
             logger.exception("%s: %s %s: could not record its outcome", self.name, queue.name, job.id)
         finally:
+            jsonlog.unbind(bound)
             with self._running_lock:
                 self._running.pop(execution.id, None)
                 idle = not self._running
