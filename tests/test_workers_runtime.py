@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import collections
+import concurrent.futures
 import http.client
 import socket
 import threading
@@ -26,6 +27,7 @@ from services import redis_clients
 from services.store import JobStore, pop_verify_result
 from tests.harness import ServiceHarness
 from tests.standins.openai_server import StandinServer
+from workers.runner import SlotWorker
 
 STATEMENT = "theorem runtime_{i} (a b : ℕ) (h : a = b + {i}) : a - b = {i} := by sorry"
 NO_CODE = {"content": "[standin] I have no proof to offer."}
@@ -36,9 +38,12 @@ def test_blocking_reads_longer_than_five_seconds_end_by_redis_not_by_the_socket(
     """redis-py 8's default 5 s socket timeout cut every longer BLPOP/XREAD BLOCK with `Timeout reading`."""
     client = redis_clients.sync_client(redis_url, name="test", max_connections=2, block_s=7)
     started = time.monotonic()
-    assert client.blpop(["runtime:nothing"], timeout=6) is None
-    assert client.xread({"runtime:stream": "0-0"}, block=6500) == []
-    assert time.monotonic() - started >= 12
+    with concurrent.futures.ThreadPoolExecutor(2) as pool:  # both at once, on two connections of the pool
+        popped = pool.submit(client.blpop, ["runtime:nothing"], timeout=6)
+        read = pool.submit(client.xread, {"runtime:stream": "0-0"}, block=6500)
+        assert popped.result() is None
+        assert read.result() == []
+    assert time.monotonic() - started >= 6.5
     client.close()
 
 
@@ -192,6 +197,28 @@ def test_a_maintenance_lock_left_behind_does_not_stop_retries_of_abandoned_round
     final = harness.wait_job(job["id"], timeout_s=30)
     assert final["status"] == "failed"  # the round ran again on generate-b, found no code, and the chain ended
     assert harness.redis.ttl("rq:clean_registries:generate") <= 10
+
+
+def test_a_cleanup_that_fails_releases_its_maintenance_lock(redis_url: str) -> None:
+    """RQ takes the cleanup lock and releases it only when the cleanup returns: a cleanup that raised (here a
+    started-registry entry whose job record cannot be read) left the lock for 15 minutes, and with it every
+    abandoned round unretried. The worker's cleanup releases it whatever happens."""
+    client = redis_clients.sync_client(redis_url, name="test", max_connections=4)
+    client.zadd("rq:wip:generate", {"broken-job:exec": 1})
+    client.hset("rq:job:broken-job", mapping={"status": "started", "created_at": "not a date", "data": "{}"})
+    worker = SlotWorker(
+        ["generate"],
+        name="generate.test.1.abc",
+        connection=client,
+        heartbeat_connection=client,
+        concurrency=1,
+        abandoned_after_s=30,
+        maintenance_interval_s=30,
+    )
+    with pytest.raises(ValueError):
+        worker.clean_registries()
+    assert client.exists("rq:clean_registries:generate") == 0
+    client.close()
 
 
 # --- /readyz ----------------------------------------------------------------------------------------------------------
