@@ -15,7 +15,10 @@ $(BIN)/oprover: requirements.lock pyproject.toml
 	$(BIN)/pip install -q --no-deps -e .
 	@touch $@
 
+# On a box with an NVIDIA GPU, the `gpu` extra (SGLang) too: `oprover up` then serves the model itself.
 up: install
+	@if command -v nvidia-smi >/dev/null 2>&1 && ! $(BIN)/python -c "import sglang" 2>/dev/null; then \
+	  echo "NVIDIA GPU found: installing the gpu extra (SGLang)"; $(BIN)/pip install -q -e '.[gpu]'; fi
 	$(BIN)/oprover up
 
 test: install
@@ -33,10 +36,9 @@ format: install
 	$(BIN)/ruff check --fix .
 	$(BIN)/ruff format .
 
+# Every benchmark, bounded for a small machine; writes docs/benchmarks.md (`python -m bench --help`).
 bench: install
-	$(BIN)/python bench/bench_lean.py
-	$(BIN)/python bench/bench_generate.py
-	$(BIN)/python bench/bench_memory.py
+	$(BIN)/python -m bench
 
 # Re-pin after changing dependencies in pyproject.toml (run inside a fresh venv that installed `.[dev]`).
 lock:
