@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import threading
 import time
+from typing import Any
 
 import pytest
 
@@ -13,7 +14,7 @@ from services.lean import LeanChecker, queue_name_for
 from tests.lean_cases import GOOD_PROOF, PASS_POSITIVITY, STATEMENT, lean_settings, stand_in_checker
 from tests.standins.fake_repl import write_table
 
-RULES = [
+RULES: list[dict[str, Any]] = [
     {"match": "HANG_ME", "outcome": "hang"},
     {"match": "CRASH_ME", "outcome": "crash"},
     {"match": "FLOOD_ME", "outcome": "flood", "bytes": 200_000},

@@ -44,7 +44,9 @@ def make_tools(bin_dir: Path, names: tuple[str, ...] = ("elan", "git", "lake")) 
 
 
 def calls(log: Path) -> list[tuple[str, str, str]]:
-    return [tuple(line.split("\t")) for line in log.read_text().splitlines()] if log.exists() else []
+    if not log.exists():
+        return []
+    return [(tool, cwd, args) for tool, cwd, args in (line.split("\t") for line in log.read_text().splitlines())]
 
 
 @pytest.fixture
