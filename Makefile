@@ -18,7 +18,7 @@ $(BIN)/oprover: requirements.lock pyproject.toml
 # On a box with an NVIDIA GPU, the `gpu` extra (SGLang) too: `oprover up` then serves the model itself.
 up: install
 	@if command -v nvidia-smi >/dev/null 2>&1 && ! $(BIN)/python -c "import sglang" 2>/dev/null; then \
-	  echo "NVIDIA GPU found: installing the gpu extra (SGLang)"; $(BIN)/pip install -q -e '.[gpu]'; fi
+	  echo "NVIDIA GPU found: installing the gpu extra (SGLang)"; $(BIN)/pip install -q -c requirements.lock -e '.[gpu]'; fi
 	$(BIN)/oprover up
 
 test: install

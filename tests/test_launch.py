@@ -143,3 +143,14 @@ def test_lean_project_of_lean_setup_is_found(tmp_path):
         "OPROVER_LEAN_VERSION": "v4.15.0",
     }
     assert lean_env_for_up("lake env /opt/repl", directory=tmp_path / "nothing") == {}
+
+
+def test_gpu_extra_is_the_sglang_of_the_image():
+    """`pip install -e .[gpu]` (what `make up` installs on a GPU box) and Dockerfile.gpu run the same SGLang."""
+    import tomllib
+
+    extra = tomllib.loads((ROOT / "pyproject.toml").read_text())["project"]["optional-dependencies"]["gpu"]
+    image = re.search(r"^ARG SGLANG_IMAGE=lmsysorg/sglang:v(\S+)$", (ROOT / "Dockerfile.gpu").read_text(), re.M)
+    assert image and extra == [f"sglang=={image.group(1)}"]
+    makefile = (ROOT / "Makefile").read_text()
+    assert "nvidia-smi" in makefile and "'.[gpu]'" in makefile
