@@ -215,12 +215,17 @@ def lean_env_for_up(lean_cmd: object, *, directory: Path = DEFAULT_LEAN_DIR) -> 
         return {}
     mathlib = (directory / "mathlib4").resolve()
     binary = (directory / "repl" / ".lake" / "build" / "bin" / "repl").resolve()
-    if not binary.is_file() or not (mathlib / "lean-toolchain").is_file():
+    replay = (directory / "replay" / ".lake" / "build" / "bin" / "oprover-replay").resolve()
+    if not binary.is_file() or not replay.is_file() or not (mathlib / "lean-toolchain").is_file():
         raise LaunchError(
             f"OPROVER_LEAN_CMD is not set and there is no Lean project in {directory}: run `{LEAN_SETUP_HINT}`"
         )
     toolchain = (mathlib / "lean-toolchain").read_text().strip()
-    env = {"OPROVER_LEAN_CMD": f"lake env {binary}", "OPROVER_LEAN_CWD": str(mathlib)}
+    env = {
+        "OPROVER_LEAN_CMD": f"lake env {binary}",
+        "OPROVER_LEAN_REPLAY_CMD": f"lake env {replay}",  # the kernel replay, which alone decides a pass
+        "OPROVER_LEAN_CWD": str(mathlib),
+    }
     if ":" in toolchain:
         env["OPROVER_LEAN_VERSION"] = toolchain.split(":", 1)[1]
     return env

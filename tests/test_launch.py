@@ -136,9 +136,15 @@ def test_lean_project_of_lean_setup_is_found(tmp_path):
     binary.write_text("")
     (tmp_path / "lean" / "mathlib4").mkdir()
     (tmp_path / "lean" / "mathlib4" / "lean-toolchain").write_text("leanprover/lean4:v4.15.0\n")
+    with pytest.raises(LaunchError, match="oprover lean setup data/lean"):  # no kernel replay built yet
+        lean_env_for_up(None, directory=tmp_path / "lean")
+    replay = tmp_path / "lean" / "replay" / ".lake" / "build" / "bin" / "oprover-replay"
+    replay.parent.mkdir(parents=True)
+    replay.write_text("")
     env = lean_env_for_up(None, directory=tmp_path / "lean")
     assert env == {
         "OPROVER_LEAN_CMD": f"lake env {binary.resolve()}",
+        "OPROVER_LEAN_REPLAY_CMD": f"lake env {replay.resolve()}",
         "OPROVER_LEAN_CWD": str((tmp_path / "lean" / "mathlib4").resolve()),
         "OPROVER_LEAN_VERSION": "v4.15.0",
     }
