@@ -49,8 +49,9 @@ BENCHMARKS: dict[str, tuple[str, list[str], str]] = {
         "Import rate, open time and retrieval latency of the proof memory",
     ),
 }
-BEGIN = "<!-- bench: tables written by `python -m bench` below; edits here are overwritten -->"
-END = "<!-- bench: end of the written tables -->"
+# A benchmark's block in the page: `python -m bench --only NAME` rewrites that block alone.
+BEGIN = "<!-- bench:{name} written by `python -m bench`; edits inside are overwritten -->"
+END = "<!-- bench:{name} end -->"
 VERSIONED = ("fastapi", "uvicorn", "rq", "redis", "httpx", "qdrant-edge-py", "qdrant-client", "pydantic")
 
 
@@ -87,14 +88,15 @@ def _load() -> str:
     return " ".join(f"{v:.1f}" for v in os.getloadavg())
 
 
-def with_tables(document: str, tables: str) -> str:
-    """`document` with the text between its BEGIN and END markers replaced by `tables`: the page's hand-written
-    reading of the numbers stays, the numbers are rewritten. A page without markers becomes the tables alone."""
-    if BEGIN in document and END in document:
-        before, rest = document.split(BEGIN, 1)
-        after = rest.split(END, 1)[1]
-        return f"{before}{BEGIN}\n{tables.strip()}\n{END}{after}"
-    return f"{BEGIN}\n{tables.strip()}\n{END}\n"
+def with_block(document: str, name: str, text: str) -> str:
+    """`document` with the block of `name` replaced by `text`, or `text` appended as that block: the page's
+    hand-written reading of the numbers and the other benchmarks' blocks stay as they are."""
+    begin, end = BEGIN.format(name=name), END.format(name=name)
+    block = f"{begin}\n{text.strip()}\n{end}"
+    if begin in document and end in document:
+        before, rest = document.split(begin, 1)
+        return before + block + rest.split(end, 1)[1]
+    return (document.rstrip() + "\n\n" if document.strip() else "") + block + "\n"
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -108,7 +110,7 @@ def main(argv: list[str] | None = None) -> int:
     if unknown:
         parser.error(f"unknown benchmark(s) {', '.join(unknown)}; known: {', '.join(BENCHMARKS)}")
     command = "python -m bench " + " ".join(shlex.quote(a) for a in (argv if argv is not None else sys.argv[1:]))
-    sections = []
+    sections: list[tuple[str, str]] = []
     failed = []
     for name in names:
         script, bounded, what = BENCHMARKS[name]
@@ -126,21 +128,25 @@ def main(argv: list[str] | None = None) -> int:
             print(tail, file=sys.stderr)
             output += f"\n\n(exit {run.returncode}; last lines of its stderr:)\n\n```\n{tail}\n```"
         sections.append(
-            f"## {name}\n\n{what}.\n\n`{shown}` — {elapsed:.0f} s; load average (1/5/15 min) {load_before} before, "
-            f"{load_after} after (2 cores: a load above 2 means other work shared the machine and these numbers "
-            f"are measured under that load).\n\n{output}\n"
+            (
+                name,
+                f"## {name}\n\n{what}.\n\n`{shown}` — {elapsed:.0f} s; load average (1/5/15 min) {load_before} before, "
+                f"{load_after} after (2 cores: a load above 2 means other work shared the machine and these numbers "
+                f"are measured under that load).\n\n{output}\n",
+            )
         )
     now = datetime.datetime.now(datetime.UTC).strftime("%Y-%m-%d %H:%M UTC")
     header = (
-        "# Benchmarks\n\n"
-        f"Written by `{command.strip()}` (`make bench`) on {now}.\n\n"
+        f"Written by `{command.strip()}` (`make bench` runs them all) on {now}.\n\n"
         f"- machine: {_machine()}\n- versions: {_versions()}\n"
         "- the model and Lean are stand-ins (tests/standins/): these numbers measure the service around them, "
         "never the model's or Lean's speed\n"
     )
     out = Path(args.out)
-    previous = out.read_text(encoding="utf-8") if out.exists() else ""
-    out.write_text(with_tables(previous, header + "\n" + "\n".join(sections)), encoding="utf-8")
+    document = out.read_text(encoding="utf-8") if out.exists() else "# Benchmarks\n"
+    for name, section in sections:
+        document = with_block(document, name, f"{section}\n{header}")
+    out.write_text(document, encoding="utf-8")
     print(f"wrote {args.out}")
     return 1 if failed else 0
 

@@ -52,6 +52,12 @@ def _pct(values: list[float], q: float) -> float:
     return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
 
 
+def _between(earlier: Any, later: Any) -> float:
+    """Milliseconds between two of an RQ job's timestamps (all set once the job has ended)."""
+    assert earlier is not None and later is not None, "an RQ timestamp is missing"
+    return float((later - earlier).total_seconds() * 1000)
+
+
 class Service:
     """redis-server + ServiceHarness (gateway, workers, stand-ins) in a temp dir."""
 
@@ -92,7 +98,9 @@ def service_rounds(service: Service, rounds: int, jobs: int) -> dict[str, Any]:
     """Per-round wall time of failing R-round jobs run one at a time, and where it goes."""
     from rq.job import Job
 
-    per_round, parts = [], {k: [] for k in ("gen wait", "gen step", "ver wait", "ver step", "generator", "Lean")}
+    per_round: list[float] = []
+    names = ("gen wait", "gen step", "ver wait", "ver step", "generator", "Lean")
+    parts: dict[str, list[float]] = {k: [] for k in names}
     conn = redis.Redis.from_url(service.redis_url)
     with httpx.Client(base_url=service.url, timeout=30) as client:
         for _ in range(jobs):
@@ -104,16 +112,49 @@ def service_rounds(service: Service, rounds: int, jobs: int) -> dict[str, Any]:
                 gen = Job.fetch(f"{job_id}-c0-r{attempt['round']}-gen", connection=conn)
                 ver = Job.fetch(f"{job_id}-c0-r{attempt['round']}-ver", connection=conn)
                 t = attempt["timings"]
-                parts["gen wait"].append((gen.started_at - gen.enqueued_at).total_seconds() * 1000)
-                parts["gen step"].append(
-                    (gen.ended_at - gen.started_at).total_seconds() * 1000 - t["generate_ms"] - t["retrieve_ms"]
-                )
-                parts["ver wait"].append((ver.started_at - ver.enqueued_at).total_seconds() * 1000)
-                parts["ver step"].append((ver.ended_at - ver.started_at).total_seconds() * 1000 - t["verify_ms"])
+                parts["gen wait"].append(_between(gen.enqueued_at, gen.started_at))
+                parts["gen step"].append(_between(gen.started_at, gen.ended_at) - t["generate_ms"] - t["retrieve_ms"])
+                parts["ver wait"].append(_between(ver.enqueued_at, ver.started_at))
+                parts["ver step"].append(_between(ver.started_at, ver.ended_at) - t["verify_ms"])
                 parts["generator"].append(t["generate_ms"])
                 parts["Lean"].append(t["verify_ms"])
     conn.close()
     return {"per_round_ms": [1000 * v for v in per_round], "parts": parts}
+
+
+def redis_cost(service: Service, rounds: int) -> dict[str, float]:
+    """Redis commands one service round sends (all processes), and one Redis round trip's latency here."""
+    conn = redis.Redis.from_url(service.redis_url)
+
+    def calls() -> int:
+        return sum(int(v["calls"]) for v in conn.info("commandstats").values())
+
+    pings = []
+    for _ in range(200):
+        t0 = time.perf_counter()
+        conn.ping()
+        pings.append(1000 * (time.perf_counter() - t0))
+    time.sleep(1.0)
+    idle_before = calls()
+    time.sleep(2.0)
+    idle_per_s = (calls() - idle_before - 1) / 2.0  # the workers' heartbeats and blocking dequeues
+    with httpx.Client(base_url=service.url, timeout=30) as client:
+        before = calls()
+        started = time.perf_counter()
+        job_id = client.post("/v1/prove", json={"formal_statement": STATEMENT, "rounds": rounds, "attempts": 1,
+                                                "top_k": 0}).json()["id"]  # fmt: skip
+        polls = 0
+        while conn.hget(f"oprover:job:{{{job_id}}}", "status") not in (b"failed", b"proved", b"error"):
+            polls += 1
+            time.sleep(0.2)
+        elapsed = time.perf_counter() - started
+        spent = calls() - before - polls - 1 - 2  # our own polls and INFO calls
+    conn.close()
+    return {
+        "ping_p50_ms": statistics.median(pings),
+        "commands_per_round": (spent - idle_per_s * elapsed) / rounds,
+        "idle_commands_per_s": idle_per_s,
+    }
 
 
 def direct_rounds(service: Service, rounds: int) -> dict[str, Any]:
@@ -221,6 +262,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         direct = direct_rounds(service, args.rounds * args.jobs)
         served = service_rounds(service, args.rounds, args.jobs)
+        cost = redis_cost(service, args.rounds)
         load = gateway_load(service, args.clients, args.submissions, args.get_s)
         e2e = end_to_end(service, args.e2e_jobs)
     finally:
@@ -239,6 +281,9 @@ def main(argv: list[str] | None = None) -> int:
           f"{_pct(direct['prompt'], 0.9):.2f} |")  # fmt: skip
     print(f"| extraction (direct loop) | {statistics.median(direct['extract']):.2f} | "
           f"{_pct(direct['extract'], 0.9):.2f} |")  # fmt: skip
+    print(f"| Redis commands per round, all processes (idle traffic of {cost['idle_commands_per_s']:.0f}/s "
+          f"taken out) | {cost['commands_per_round']:.0f} | |")  # fmt: skip
+    print(f"| one Redis round trip (PING) from this process | {cost['ping_p50_ms']:.2f} | |")
     print("\n### Gateway under concurrent load\n")
     print("| measure | value |\n| --- | ---: |")
     print(f"| `POST /v1/prove` from {args.clients} clients ({args.submissions} jobs) | "
