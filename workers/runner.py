@@ -315,6 +315,7 @@ class SlotWorker(SimpleWorker):
         own (a busy pool must never delay them: a job without heartbeats is declared abandoned and retried)."""
         # Also the worker's own heartbeat while every slot is busy: /readyz counts a worker live for 30 s.
         interval = max(0.5, min(self.abandoned_after_s / 3, 10.0))
+        failing = False
         while not self._beats_stop.wait(interval):
             with self._running_lock:
                 running = list(self._running.values())
@@ -325,8 +326,14 @@ class SlotWorker(SimpleWorker):
                         execution.heartbeat(job.started_job_registry, self.abandoned_after_s, pipeline=pipe)
                         job.heartbeat(now(), self.abandoned_after_s, pipeline=pipe, xx=True)
                     pipe.execute()
-            except Exception:  # a missed beat is survivable; three in a row mark the jobs abandoned
-                logger.warning("%s: heartbeat of %d running jobs failed", self.name, len(running), exc_info=True)
+            except Exception as exc:  # a missed beat is survivable; three in a row mark the jobs abandoned
+                if not failing:  # once per outage, not once per beat
+                    logger.warning("%s: heartbeats failing (%s); %d jobs running", self.name, exc, len(running))
+                failing = True
+                continue
+            if failing:
+                logger.info("%s: heartbeats sent again", self.name)
+            failing = False
 
 
 class _ThreadScheduler(RQScheduler):
