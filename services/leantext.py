@@ -69,6 +69,8 @@ _QUOTABLE = "\\\"'rnt"
 _PUNCT = set("()[]{}⟨⟩,;")
 # Interpolated strings nested deeper than this inside `{…}` are not followed (rejected): it bounds the work.
 MAX_INTERPOLATION_DEPTH = 8
+MAX_PROBLEMS = 50
+MAX_GUILLEMET_NAME = 200  # characters: longer `«…»` names are refused, so later scans may stop looking there
 
 
 def _plain_char(c: str) -> bool:
@@ -103,7 +105,8 @@ class _Lexer:
             self.spans.append((start, min(end, self.n)))
 
     def problem(self, start: int, end: int, why: str) -> None:
-        self.problems.append(LexProblem(start, min(max(end, start), self.n), why))
+        if len(self.problems) < MAX_PROBLEMS:  # the code is refused after the first; a few explain it
+            self.problems.append(LexProblem(start, min(max(end, start), self.n), why))
 
     def result(self) -> Lexed:
         pieces, done = [], 0
@@ -128,6 +131,8 @@ class _Lexer:
         braces = 0
         boundary = i  # a position where a new token surely starts (after a complete token or comment)
         while True:
+            if until_brace and not self.try_interpolation:
+                return n  # a nested string's readings disagreed: this interpolated reading is abandoned too
             if i == boundary and i < n and (text[i] == "'" or (text[i] == "r" and self.raw_string_start(i))):
                 j, token = i, text[i]  # right after a number, a literal or a comment: a token starts here
             else:
@@ -150,12 +155,11 @@ class _Lexer:
                     self.problem(j - 1, j + 2, "`//-` (Lean may read the token `//` then `-`, no comment)")
                 # `whitespace` skips the character after `/-` unread (`/--` and `/-!` are doc comments, whose body
                 # `finishCommentBlock` also starts after that character): the body starts 3 characters after `/`.
-                end = self.comment_end(j + 3)
-                if end is None:
+                closed = self.comment_end(j + 3)
+                if closed is None:
                     self.problem(j, n, "an unterminated comment")
-                    end = n
-                self.blank(j, end)
-                i = end
+                self.blank(j, n if closed is None else closed)
+                i = n if closed is None else closed
             elif c == '"':
                 i = self.string(j, depth)
             elif c == "'":
@@ -383,6 +387,8 @@ class _Lexer:
                     return n
                 if "\n" in text[i:end]:
                     self.problem(i, end + 1, "a `«…»` name spanning lines")
+                elif end - i > MAX_GUILLEMET_NAME:
+                    self.problem(i, end + 1, f"a `«…»` name longer than {MAX_GUILLEMET_NAME} characters")
                 i = end + 1
             else:
                 i += 1

@@ -2,9 +2,21 @@
 
 from __future__ import annotations
 
-import pytest
+import time
 
-from services.lean.policy import compose, header_parts, parse_axioms_answer
+import pytest
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+from services.lean.policy import (
+    MAX_CODE_CHARS,
+    MAX_VIOLATIONS,
+    compose,
+    header_parts,
+    header_violations,
+    parse_axioms_answer,
+    print_axioms_command,
+)
 from services.lean.protocol import Pos
 from services.settings import DEFAULT_LEAN_HEADER
 
@@ -178,3 +190,233 @@ def test_helpers_and_target_are_separate_commands_in_one_coordinate_system() -> 
 )  # fmt: skip
 def test_more_violations(code, rule) -> None:
     assert any(rule in found for found in rules(code)), rules(code)
+
+
+HONEST = "theorem t (a b : ℕ) (h : a < b) : a ≤ b := by\n  omega\n"
+
+
+@pytest.mark.parametrize(
+    "code",
+    [
+        pytest.param("open Real in\n" + HONEST, id="open-in-before-target"),
+        pytest.param("open scoped BigOperators\n\n" + HONEST, id="open-scoped"),
+        pytest.param("open Classical\n\n" + HONEST, id="open-classical"),
+        pytest.param("open Finset (range sum_range_succ)\nopen Nat hiding add_comm\n\n" + HONEST, id="open-forms"),
+        pytest.param("import Mathlib.Tactic\nimport Mathlib.Data.Real.Basic\n\n" + HONEST, id="covered-imports"),
+        pytest.param("set_option linter.unusedVariables false\n\n" + HONEST, id="linter-option"),
+        pytest.param(
+            "set_option maxHeartbeats 0\nset_option maxRecDepth 100000\nset_option tactic.hygienic false\n"
+            "set_option pp.numericTypes true\nset_option pp.funBinderTypes true\n\n" + HONEST,
+            id="seed-prover-options",
+        ),
+        pytest.param("set_option linter.unusedTactic false in\n" + HONEST, id="option-in-before-target"),
+        pytest.param("noncomputable section\n\n" + HONEST + "\nend\n", id="noncomputable-section"),
+        pytest.param("section Helpers\nlemma aux : True := trivial\nend Helpers\n\n" + HONEST, id="section-end"),
+        pytest.param("instance : Fact (1 < 2) := ⟨by norm_num⟩\n\n" + HONEST, id="helper-instance"),
+        pytest.param(
+            "theorem t (a b : ℕ) (h : a < b) : a ≤ b := by\n  exact Nat.le_of_lt $ h\n", id="dollar-application"
+        ),
+        pytest.param(
+            "theorem t (a b : ℕ) (h : a < b) : a ≤ b := by\n  have : (3 : ℕ) ≤ 5 := by decide +kernel\n  omega\n",
+            id="decide-kernel",
+        ),
+        pytest.param(
+            "theorem t (a b : ℕ) (h : a < b) : a ≤ b := by\n"
+            "  have : (3 : ℕ) ≤ 5 := by decide (config := { kernel := true })\n  omega\n",
+            id="decide-config",
+        ),
+        pytest.param("@[simp]\nlemma aux (n : ℕ) : n + 0 = n := rfl\n\n" + HONEST, id="simp-attribute-own-line"),
+        pytest.param("@[simp]\n" + HONEST, id="simp-attribute-on-target"),
+        pytest.param("nonrec theorem t (a b : ℕ) (h : a < b) : a ≤ b := by\n  omega\n", id="nonrec"),
+        pytest.param(
+            "theorem t (a b : ℕ) (h : a < b) : a ≤ b := by\n  have Name : a ≤ b := h.le\n"
+            "  have Expr : a ≤ b := Name\n  have Lean : a ≤ b := Expr\n  have Tactic : a ≤ b := Lean\n"
+            "  exact Tactic\n",
+            id="identifiers-expr-name-lean-tactic",
+        ),
+        pytest.param(
+            "theorem t (a b : ℕ) (h : a < b) : a ≤ b := by\n  have : #(Finset.range 3) = 3 := by simp\n"
+            "  have : #{x ∈ Finset.range 4 | x < 2} = 2 := by decide\n  omega\n",
+            id="finset-card-notation",
+        ),
+        pytest.param(
+            "theorem t (a b : ℕ) (h : a < b) : a ≤ b := by\n  have : ['\\n', 'a'].length = 2 := rfl\n  omega\n",
+            id="char-literals",
+        ),
+        pytest.param(
+            "theorem t (a b : ℕ) (h : a < b) : a ≤ b := by\n  omega\n\n#print axioms t\n", id="print-axioms-line"
+        ),
+        pytest.param(
+            "import Mathlib\nimport Aesop\nset_option maxHeartbeats 400000\nopen BigOperators Real Nat Topology Rat\n"
+            "open Polynomial Classical\n\n/-- the doc -/\n" + HONEST,
+            id="whole-file",
+        ),
+    ],
+)
+def test_honest_constructs_pass_the_policy(code) -> None:
+    assert rules(code) == []
+
+
+def test_a_let_in_the_statement_is_not_where_the_proof_starts() -> None:
+    statement = "theorem t2 : let x := 5; x = 5 := by sorry"
+    code = "theorem t2 : let x := 5; x = 5 := by\n  intro x\n  rfl\n"
+    composed = compose(code, header=DEFAULT_LEAN_HEADER, formal_statement=statement)
+    assert composed.violations == []
+    assert composed.target_command == "theorem t2 : let x := 5; x = 5 := by\n  intro x\n  rfl\n"
+    have = "theorem t3 (n : ℕ) : have h : n = n := rfl; n + 0 = n :=\n  by simp\n"
+    composed = compose(have, header="", formal_statement=have.replace(":=\n  by simp\n", ":= by sorry"))
+    assert composed.violations == [] and composed.target_command.endswith(":=\n  by simp\n")
+
+
+def test_a_continuation_line_starting_with_a_bar_is_not_an_equation() -> None:
+    statement = "theorem t3 (x : ℝ) (h : x = 0) :\n    |x| ≤ 1 := by sorry"
+    code = "theorem t3 (x : ℝ) (h : x = 0) :\n    |x| ≤ 1 := by\n  simp [h]\n"
+    composed = compose(code, header=DEFAULT_LEAN_HEADER, formal_statement=statement)
+    assert composed.violations == []
+    assert composed.target_command == "theorem t3 (x : ℝ) (h : x = 0) :\n    |x| ≤ 1 := by\n  simp [h]\n"
+    # a real alternative still has no single `:=` to split at
+    equations = "theorem t3 (x : ℝ) (h : x = 0) :\n    |x| ≤ 1\n  | _ => by simp [h]\n"
+    assert any("cannot find the `:=`" in r for r in rules(equations, statement))
+
+
+def test_open_and_options_before_the_target_go_to_lean_before_the_imposed_statement() -> None:
+    code = "open Real in\nset_option maxHeartbeats 800000 in\n@[simp]\n" + HONEST
+    composed = compose(code, header=DEFAULT_LEAN_HEADER, formal_statement=STATEMENT)
+    assert composed.violations == []
+    # nothing but scoping lines precede the target: one command, the lines right above the imposed statement
+    assert composed.commands == [composed.target_command]
+    assert composed.target_command.startswith("open Real in\nset_option maxHeartbeats 800000 in\n@[simp]\ntheorem t")
+    helper = "open Polynomial\nlemma aux : True := trivial\n\nopen Real in\n" + HONEST
+    composed = compose(helper, header=DEFAULT_LEAN_HEADER, formal_statement=STATEMENT)
+    assert composed.violations == []
+    assert composed.helpers_command == "open Polynomial\nlemma aux : True := trivial\n"
+    assert composed.target_command.lstrip("\n").startswith("open Real in\ntheorem t (a b : ℕ)")
+
+
+def test_print_axioms_names_the_target_at_the_root() -> None:
+    assert print_axioms_command("sqrt_nonneg") == "#print axioms _root_.sqrt_nonneg"
+    assert print_axioms_command("_root_.Foo.bar") == "#print axioms _root_.Foo.bar"
+    composed = compose(HONEST, header=DEFAULT_LEAN_HEADER, formal_statement=STATEMENT)
+    assert composed.axioms_commands == ["#print axioms _root_.t"]
+    plain = compose("theorem a : True := trivial\nlemma b : True := trivial", header="", formal_statement=None)
+    assert plain.axioms_commands == ["#print axioms _root_.a", "#print axioms _root_.b"]
+
+
+@pytest.mark.parametrize(
+    "header",
+    [
+        DEFAULT_LEAN_HEADER,
+        "import Mathlib\nimport Aesop\nset_option maxHeartbeats 0\nset_option maxRecDepth 1000\n"
+        "set_option tactic.hygienic false\nopen BigOperators Real Nat Topology Rat\n\n",
+        "import Mathlib\nimport Aesop\nset_option pp.numericTypes true\nset_option pp.funBinderTypes true\n"
+        "set_option maxHeartbeats 0\nopen BigOperators Real Nat Topology Rat Classical Polynomial\n\n",
+        "import Mathlib -- the library\n/- options -/\nset_option linter.all false\nopen scoped BigOperators\n"
+        "open Finset (range)\nuniverse u v\nnoncomputable section\nopen Real in\nset_option maxRecDepth 2000",
+        "",
+    ],
+    ids=["default", "seed-prover", "seed-prover-pp", "comments-and-forms", "empty"],
+)
+def test_allowed_headers(header) -> None:
+    assert header_violations(header) == []
+
+
+@pytest.mark.parametrize(
+    ("header", "named"),
+    [
+        ("import Mathlib\nrun_cmd Lean.logInfo \"x\"", "`run_cmd Lean.logInfo"),
+        ("import Mathlib\nset_option debug.skipKernelTC true", "`set_option debug.skipKernelTC true`"),
+        ("import Mathlib\nset_option pp.maxSteps 10", "`set_option pp.maxSteps 10`"),
+        ("import Mathlib\nopen Real\nimport Aesop", "`import Aesop` comes after a command"),
+        ("import Mathlib\nopen Real in", "`open Real in` scopes no allowed header line"),
+        ("import Mathlib\nnamespace Foo", "`namespace Foo`"),
+        ("import Mathlib\nattribute [-simp] Nat.add_comm", "`attribute [-simp] Nat.add_comm`"),
+        ("import Mathlib\nopen private foo in Nat", "`open private foo in Nat`"),
+        ("import Mathlib\nvariable (x : ℕ)", "`variable (x : ℕ)`"),
+        ("import Mathlib\ninstance : Inhabited ℕ := ⟨0⟩", "`instance"),
+        ("import Mathlib\n-- run_cmd in a comment\nopen Real", "`run_cmd` is refused anywhere"),
+        ("import Mathlib\nopen Real set_option pp.all true", "`open Real set_option pp.all true`"),
+        ("import Mathlib\nopen Nat hiding add_comm instance", "`open Nat hiding add_comm instance`"),
+    ],
+    ids=["run-cmd", "debug-option", "hiding-printing-option", "late-import", "dangling-in", "namespace",
+         "attribute", "open-private", "variable", "instance", "code-running-word-in-comment",
+         "command-after-open-names", "command-after-hiding-names"],
+)  # fmt: skip
+def test_header_lines_outside_the_allow_list_are_named(header, named) -> None:
+    found = header_violations(header)
+    assert any(named in v.rule for v in found), [v.rule for v in found]
+    assert all(v.in_header for v in found)
+    composed = compose(HONEST, header=header, formal_statement=STATEMENT)
+    message = composed.violations[0].message(HONEST)
+    assert message.data.startswith("rejected by the integrity policy: header: ")
+    assert message.pos is None and message.end_pos is None
+
+
+def test_code_running_words_are_refused_even_in_comments_and_strings() -> None:
+    """After a syntax error Lean's recovery can start a command anywhere, also inside a string literal."""
+    for code in (
+        HONEST + "-- note: run_cmd would be faster\n",
+        'def s := "elab"\n' + HONEST,
+        "theorem t (a b : ℕ) (h : a < b) : a ≤ b := by\n  have hrun_cmd : a ≤ b := h.le\n  exact hrun_cmd\n",
+    ):
+        assert any("is refused anywhere" in r for r in rules(code)), code
+    # ordinary words in comments are fine
+    assert rules(HONEST + "-- no sorry here, no axiom either; Lean's omega does it\n") == []
+
+
+def test_violations_are_capped() -> None:
+    code = HONEST + "\n".join(["  sorry"] * 500)
+    assert len(compose(code, header=DEFAULT_LEAN_HEADER, formal_statement=STATEMENT).violations) == MAX_VIOLATIONS
+
+
+_POLICY_ALPHABET = "ab t:=()[]{}«»'\"`\\-/#@|$\n .0e"
+_WORDS = [
+    "theorem t", "lemma", "open", "set_option", "in", "sorry", "end", "section", "@[simp]", ":= by", "let",
+    "instance", "import Mathlib", "#print axioms t", "r#\"", "s!\"{", "'\n'", "/-", "-/", "--", "«t»",
+]  # fmt: skip
+_CODE = st.lists(st.sampled_from(_WORDS) | st.text(alphabet=_POLICY_ALPHABET, max_size=8), max_size=40).map(" ".join)
+
+
+@settings(max_examples=300, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(code=_CODE, header=_CODE | st.sampled_from([DEFAULT_LEAN_HEADER, ""]), with_statement=st.booleans())
+def test_the_policy_never_raises(code: str, header: str, with_statement: bool) -> None:
+    composed = compose(
+        code + ("\n" + HONEST if with_statement else ""),
+        header=header,
+        formal_statement=STATEMENT if with_statement else None,
+    )
+    assert len(composed.violations) <= MAX_VIOLATIONS
+    for violation in composed.violations:
+        violation.message(code)  # renders
+    header_violations(header)
+
+
+POLICY_PATHOLOGICAL = ["sorry ", "open ", "@[", "«", "x.y ", "a\n", "-/", '"{', "'", "theorem t ", "|", "(("]
+
+
+@pytest.mark.parametrize("unit", POLICY_PATHOLOGICAL)
+def test_the_policy_is_linear_on_pathological_input(unit: str) -> None:
+    """The whole policy (lexing, every rule, composing, re-reading the commands) on the same construct repeated
+    before and after the target, in CPU time: four times the input takes about four times the time."""
+
+    def cpu(size: int) -> float:
+        text = (unit * (size // len(unit) + 1))[:size]
+        best = []
+        for code in (text + "\n" + HONEST, HONEST + text):
+            started = time.process_time()
+            compose(code, header=DEFAULT_LEAN_HEADER, formal_statement=STATEMENT)
+            best.append(time.process_time() - started)
+        return max(best)
+
+    small, large = cpu(60_000), cpu(240_000)
+    assert large < 4.0  # typically well under a second
+    assert large < 8 * small + 0.1
+
+
+def test_code_over_the_size_limit_is_refused_at_once() -> None:
+    code = HONEST + "-- " + "x" * MAX_CODE_CHARS
+    started = time.process_time()
+    composed = compose(code, header=DEFAULT_LEAN_HEADER, formal_statement=STATEMENT)
+    assert time.process_time() - started < 0.5
+    assert [v.rule for v in composed.violations] == [
+        f"the code is longer than {MAX_CODE_CHARS} characters (no proof is that long)"
+    ]
