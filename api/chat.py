@@ -17,7 +17,7 @@ from fastapi import APIRouter, Depends, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
-from api.deps import GatewayDep, require_api_key
+from api.deps import CallerDep, GatewayDep, require_api_key
 from api.openai_protocol import OPROVER_MODEL, ChatCompletionRequest
 from api.protocol import ErrorResponse
 from api.relay import RelayDep
@@ -34,11 +34,11 @@ router = APIRouter(prefix="/v1", tags=["chat"], dependencies=[Depends(require_ap
 
 @router.post("/chat/completions", response_model=None)
 async def chat_completions(
-    body: ChatCompletionRequest, request: Request, gateway: GatewayDep, relay: RelayDep
+    body: ChatCompletionRequest, request: Request, gateway: GatewayDep, relay: RelayDep, caller: CallerDep
 ) -> Response:
     if body.model != OPROVER_MODEL:
         return await relay.chat(await request.body(), stream=bool(body.stream))
-    serving = OpenAIServingChat(gateway)
+    serving = OpenAIServingChat(gateway, caller)
     chat = await run_in_threadpool(serving.submit, body)  # every 4xx happens here, before any 200
     headers = {JOB_ID_HEADER: chat.job_id}
     if body.stream:

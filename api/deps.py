@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import hmac
 import logging
 from dataclasses import dataclass
 from typing import Annotated
@@ -11,8 +10,8 @@ import redis
 import redis.asyncio
 from fastapi import Depends, Request
 
+from api.tenancy import Caller, authenticate
 from services import redis_clients
-from services.errors import RequestError
 from services.settings import Settings
 from services.store import JobStore
 from workers.dispatch import Dispatcher
@@ -61,17 +60,19 @@ def get_gateway(request: Request) -> Gateway:
 GatewayDep = Annotated[Gateway, Depends(get_gateway)]
 
 
-class Unauthorized(RequestError):
-    status_code = 401
-    type = "authentication_error"
+def require_api_key(request: Request, gateway: GatewayDep) -> Caller:
+    """Bearer-key check for /v1 (api/tenancy.py); open when no keys are configured (the gateway warns at start).
+
+    The caller is kept on the request, so routes read it through `CallerDep` without checking the key twice."""
+    api = gateway.settings.api
+    caller = authenticate(request.headers.get("authorization", ""), api.keys, api.admin_keys)
+    request.state.caller = caller
+    return caller
 
 
-def require_api_key(request: Request, gateway: GatewayDep) -> None:
-    """Bearer-key check for /v1; open when no keys are configured (the gateway warns at start)."""
-    allowed = gateway.settings.api.keys
-    if not allowed:
-        return
-    header = request.headers.get("authorization", "")
-    scheme, _, token = header.partition(" ")
-    if scheme.lower() != "bearer" or not any(hmac.compare_digest(token.strip(), key) for key in allowed):
-        raise Unauthorized("missing or invalid API key (send `Authorization: Bearer <key>`)", code="invalid_api_key")
+def current_caller(request: Request, gateway: GatewayDep) -> Caller:
+    caller = getattr(request.state, "caller", None)
+    return caller if isinstance(caller, Caller) else require_api_key(request, gateway)
+
+
+CallerDep = Annotated[Caller, Depends(current_caller)]

@@ -17,8 +17,9 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 
-from api.deps import Gateway, GatewayDep, require_api_key
+from api.deps import CallerDep, Gateway, GatewayDep, require_api_key
 from api.protocol import ErrorResponse, ProveRequest
+from api.tenancy import OPEN, Caller, require_visible
 from services import keys, lean_workers, redis_clients
 from services.domain import TERMINAL_STATUSES, JobStatus
 from services.errors import RequestError
@@ -43,9 +44,10 @@ class Conflict(RequestError):
 
 
 class ProveService:
-    def __init__(self, gateway: Gateway) -> None:
+    def __init__(self, gateway: Gateway, caller: Caller = OPEN) -> None:
         self.gw = gateway
         self.settings = gateway.settings
+        self.caller = caller  # jobs it creates belong to this caller; it reads and cancels only those it may see
 
     def build_spec(self, req: ProveRequest) -> JobSpec:
         prove = self.settings.prove
@@ -148,7 +150,7 @@ class ProveService:
 
     def submit_spec(self, spec: JobSpec) -> str:
         """Create a validated job and enqueue round 1 of each chain (the chat door and batches come here too)."""
-        job_id = self.gw.store.create(spec)
+        job_id = self.gw.store.create(spec, owner=self.caller.owner)
         try:
             self.gw.dispatch.start_job(job_id, spec.attempts)
         except Exception as exc:
@@ -174,8 +176,16 @@ class ProveService:
                 if event.type in _TERMINAL_EVENTS:
                     return True
 
+    def check_visible(self, job_id: str) -> None:
+        """A 404 for an unknown job and, worded the same, for another key's job (api/tenancy.py)."""
+        require_visible(self.caller, job_id, self.gw.store.owner(job_id))
+
+    def get(self, job_id: str) -> dict[str, Any]:
+        self.check_visible(job_id)
+        return self.gw.store.get(job_id)
+
     def cancel(self, job_id: str) -> dict[str, Any]:
-        job = self.gw.store.get(job_id)
+        job = self.get(job_id)
         if job["status"] in {s.value for s in TERMINAL_STATUSES}:
             if job["status"] == JobStatus.CANCELLED.value:
                 return job
@@ -186,8 +196,8 @@ class ProveService:
         return self.gw.store.get(job_id)
 
 
-def get_service(gateway: GatewayDep) -> ProveService:
-    return ProveService(gateway)
+def get_service(gateway: GatewayDep, caller: CallerDep) -> ProveService:
+    return ProveService(gateway, caller)
 
 
 ServiceDep = Annotated[ProveService, Depends(get_service)]
@@ -206,13 +216,13 @@ async def submit(
         raise RequestError(f"wait must be at most {service.settings.api.max_wait_s} seconds", param="wait")
     job_id = await run_in_threadpool(service.submit, body)
     finished = bool(wait) and await service.wait_finished(job_id, wait or 0)
-    job = await run_in_threadpool(service.gw.store.get, job_id)
+    job = await run_in_threadpool(service.get, job_id)
     return JSONResponse(job, status_code=200 if finished else 202, headers={"Location": f"/v1/prove/{job_id}"})
 
 
 @router.get("/{job_id}")
 async def read(job_id: str, service: ServiceDep) -> dict[str, Any]:
-    return await run_in_threadpool(service.gw.store.get, job_id)
+    return await run_in_threadpool(service.get, job_id)
 
 
 @router.delete("/{job_id}")
@@ -222,7 +232,7 @@ async def cancel(job_id: str, service: ServiceDep) -> dict[str, Any]:
 
 async def existing_job(job_id: str, service: ServiceDep) -> str:
     """A dependency, so that an unknown id is a 404 before a stream starts."""
-    await run_in_threadpool(service.gw.store.spec, job_id)
+    await run_in_threadpool(service.check_visible, job_id)
     return job_id
 
 

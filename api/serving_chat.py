@@ -32,6 +32,7 @@ from api.deps import Gateway
 from api.openai_protocol import OPROVER_MODEL, ChatCompletionRequest
 from api.protocol import ProveRequest, SamplingParams
 from api.prove import ProveService
+from api.tenancy import OPEN, Caller
 from services import keys, redis_clients
 from services.domain import TERMINAL_STATUSES
 from services.errors import OproverError, RequestError
@@ -60,9 +61,9 @@ class ChatJob:
 
 
 class OpenAIServingChat:
-    def __init__(self, gateway: Gateway) -> None:
+    def __init__(self, gateway: Gateway, caller: Caller = OPEN) -> None:
         self.gw = gateway
-        self.prove = ProveService(gateway)
+        self.prove = ProveService(gateway, caller)  # the chat's job belongs to the calling key
         self.keepalive_s = gateway.settings.chat.keepalive_s
 
     # --- the request --------------------------------------------------------------------------------------------

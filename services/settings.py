@@ -139,13 +139,33 @@ class ApiSettings(BaseModel):
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Comma-separated origins browsers may call the API from; empty = none."
     )
+    admin_keys: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Comma-separated bearer keys that may read and cancel every key's jobs (also valid as keys).",
+    )
+    max_body_bytes: int = Field(
+        16 * 1024 * 1024, ge=1024, description="Largest request body accepted (413 above it); batches are the largest."
+    )
+    idempotency_ttl_s: int = Field(
+        24 * 3600, ge=60, description="How long an `Idempotency-Key` keeps returning the job it created."
+    )
 
-    @field_validator("keys", "cors_origins", mode="before")
+    @field_validator("keys", "cors_origins", "admin_keys", mode="before")
     @classmethod
     def _split_commas(cls, value: object) -> object:
         if isinstance(value, str):
             return [part.strip() for part in value.split(",") if part.strip()]
         return value
+
+
+class QuotaSettings(BaseModel):
+    """Per-key limits, counted in Redis so every gateway replica shares them; 0 switches one off."""
+
+    requests_per_minute: int = Field(0, ge=0, description="Requests one key may send per minute; 0 = unlimited.")
+    jobs_in_flight: int = Field(0, ge=0, description="Unfinished proof jobs one key may hold; 0 = unlimited.")
+    daily_tokens: int = Field(
+        0, ge=0, description="Generated (completion) tokens one key may spend per UTC day; 0 = unlimited."
+    )
 
 
 class PromptSettings(BaseModel):
@@ -233,6 +253,7 @@ class Settings(BaseSettings):
     lean: LeanSettings = Field(default_factory=LeanSettings)
     qdrant: QdrantSettings = Field(default_factory=QdrantSettings)
     api: ApiSettings = Field(default_factory=ApiSettings)
+    quota: QuotaSettings = Field(default_factory=QuotaSettings)
     prompt: PromptSettings = Field(default_factory=PromptSettings)
     prove: ProveSettings = Field(default_factory=ProveSettings)
     worker: WorkerSettings = Field(default_factory=WorkerSettings)

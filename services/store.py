@@ -76,7 +76,8 @@ end
 
 # Lua: set a terminal status unless the job already has one. KEYS: job, events, attempts, callbacks due.
 # ARGV: status, event type, event data (JSON), ttl, events maxlen, then field/value pairs for the job hash.
-_FINISH = """
+_FINISH = (
+    """
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return -1 end
 if status == 'proved' or status == 'failed' or status == 'cancelled' or status == 'error' then return 0 end
@@ -87,9 +88,12 @@ local ttl = tonumber(ARGV[4])
 redis.call('EXPIRE', KEYS[1], ttl)
 redis.call('EXPIRE', KEYS[2], ttl)
 redis.call('EXPIRE', KEYS[3], ttl)
-""" + _SCHEDULE_CALLBACK + """
+"""
+    + _SCHEDULE_CALLBACK
+    + """
 return 1
 """
+)
 
 # Lua: queued → running (first round started). KEYS: job, events. ARGV: now, event data.
 _START = """
@@ -103,7 +107,8 @@ return 1
 # Lua: one chain ended without a proof; the last one to end fails the job. A chain ends once: a retried or
 # duplicated last round cannot count it twice. KEYS: job, events, attempts, callbacks due.
 # ARGV: now, ttl, event data for job.failed, maxlen, chain.
-_CHAIN_ENDED = """
+_CHAIN_ENDED = (
+    """
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return -1 end
 if status == 'proved' or status == 'failed' or status == 'cancelled' or status == 'error' then return 0 end
@@ -116,9 +121,12 @@ local ttl = tonumber(ARGV[2])
 redis.call('EXPIRE', KEYS[1], ttl)
 redis.call('EXPIRE', KEYS[2], ttl)
 redis.call('EXPIRE', KEYS[3], ttl)
-""" + _SCHEDULE_CALLBACK + """
+"""
+    + _SCHEDULE_CALLBACK
+    + """
 return 2
 """
+)
 
 
 # Lua: write one attempt of an existing job, keeping the job's lifetime (a late write to an expired job must not
@@ -149,7 +157,8 @@ class JobStore:
         self._put_attempt = client.register_script(_PUT_ATTEMPT)
 
     # --- creation and reading ----------------------------------------------------------------------------
-    def create(self, spec: JobSpec, *, job_id: str | None = None) -> str:
+    def create(self, spec: JobSpec, *, job_id: str | None = None, owner: str | None = None) -> str:
+        """`owner` is the creating key's owner id (api/tenancy.py), a hash: the key itself is never stored."""
         job_id = job_id or new_job_id()
         now = time.time()
         with self.redis.pipeline() as pipe:
@@ -165,6 +174,7 @@ class JobStore:
                     "prompt_tokens": 0,
                     "completion_tokens": 0,
                     **({"callback_url": spec.callback_url} if spec.callback_url else {}),
+                    **({"owner": owner} if owner else {}),
                 },
             )
             pipe.expire(keys.job_key(job_id), keys.ACTIVE_JOB_TTL_S)
@@ -179,6 +189,16 @@ class JobStore:
         if raw is None:
             raise NotFound(f"no proof job {job_id!r} (unknown or expired)", param="id")
         return JobSpec.from_json(raw)
+
+    def owner(self, job_id: str) -> str | None:
+        """The owner id the job was created under (None: created on an open API); a 404 for an unknown job."""
+        with self.redis.pipeline() as pipe:
+            pipe.exists(keys.job_key(job_id))
+            pipe.hget(keys.job_key(job_id), "owner")
+            exists, owner = pipe.execute()
+        if not exists:
+            raise NotFound(f"no proof job {job_id!r} (unknown or expired)", param="id")
+        return _text(owner) if owner is not None else None
 
     def status(self, job_id: str) -> JobStatus | None:
         raw = self.redis.hget(keys.job_key(job_id), "status")
