@@ -122,12 +122,15 @@ def service_rounds(service: Service, rounds: int, jobs: int) -> dict[str, Any]:
     return {"per_round_ms": [1000 * v for v in per_round], "parts": parts}
 
 
-def redis_cost(service: Service, rounds: int) -> dict[str, float]:
+def redis_cost(service: Service, rounds: int) -> dict[str, Any]:
     """Redis commands one service round sends (all processes), and one Redis round trip's latency here."""
     conn = redis.Redis.from_url(service.redis_url)
 
+    def by_command() -> dict[str, int]:
+        return {k.removeprefix("cmdstat_"): int(v["calls"]) for k, v in conn.info("commandstats").items()}
+
     def calls() -> int:
-        return sum(int(v["calls"]) for v in conn.info("commandstats").values())
+        return sum(by_command().values())
 
     pings = []
     for _ in range(200):
@@ -135,11 +138,14 @@ def redis_cost(service: Service, rounds: int) -> dict[str, float]:
         conn.ping()
         pings.append(1000 * (time.perf_counter() - t0))
     time.sleep(1.0)
-    idle_before = calls()
+    idle_before = by_command()
     time.sleep(2.0)
-    idle_per_s = (calls() - idle_before - 1) / 2.0  # the workers' heartbeats and blocking dequeues
+    idle_after = by_command()
+    idle = {k: (v - idle_before.get(k, 0)) / 2.0 for k, v in idle_after.items()}  # heartbeats, blocking dequeues
+    idle_per_s = sum(idle.values()) - 0.5  # less our own INFO
     with httpx.Client(base_url=service.url, timeout=30) as client:
-        before = calls()
+        before_by = by_command()
+        before = sum(before_by.values())
         started = time.perf_counter()
         job_id = client.post("/v1/prove", json={"formal_statement": STATEMENT, "rounds": rounds, "attempts": 1,
                                                 "top_k": 0}).json()["id"]  # fmt: skip
@@ -148,9 +154,16 @@ def redis_cost(service: Service, rounds: int) -> dict[str, float]:
             polls += 1
             time.sleep(0.2)
         elapsed = time.perf_counter() - started
-        spent = calls() - before - polls - 1 - 2  # our own polls and INFO calls
+        after_by = by_command()
+        spent = sum(after_by.values()) - before - polls - 1 - 2  # our own polls and INFO calls
     conn.close()
+    top = {
+        k: (after_by[k] - before_by.get(k, 0) - idle.get(k, 0) * elapsed - (polls if k == "hget" else 0)) / rounds
+        for k in after_by
+        if k != "info"
+    }
     return {
+        "top": ", ".join(f"{k} {v:.0f}" for k, v in sorted(top.items(), key=lambda kv: -kv[1])[:10] if v >= 1),
         "ping_p50_ms": statistics.median(pings),
         "commands_per_round": (spent - idle_per_s * elapsed) / rounds,
         "idle_commands_per_s": idle_per_s,
@@ -284,6 +297,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"| Redis commands per round, all processes (idle traffic of {cost['idle_commands_per_s']:.0f}/s "
           f"taken out) | {cost['commands_per_round']:.0f} | |")  # fmt: skip
     print(f"| one Redis round trip (PING) from this process | {cost['ping_p50_ms']:.2f} | |")
+    print(f"| commands per round by name (top 10) | {cost['top']} | |")
     print("\n### Gateway under concurrent load\n")
     print("| measure | value |\n| --- | ---: |")
     print(f"| `POST /v1/prove` from {args.clients} clients ({args.submissions} jobs) | "
