@@ -8,8 +8,8 @@ with the record's statement imposed) before it is stored. A proof the policy ref
 counts it, and `ProofMemory.rescreen()` reads every point again when the policy changes, so a looser
 policy re-admits what a stricter one flagged (and the other way round). The rules are not copied here.
 
-The policy is a Python lexer and costs ~20 ms per proof on this machine (a 3 KB proof; measured by
-bench/bench_memory.py), far more than storing the point. `screen_many` therefore spreads a large batch
+The policy is a Python lexer and costs 20-40 ms per proof on the 2-core development machine (a 3 KB proof; by
+bench/bench_memory.py), far more than storing the point. `Screener` therefore spreads a large batch
 over worker processes; a handful of proofs are screened in-process.
 """
 
