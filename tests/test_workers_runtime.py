@@ -12,6 +12,7 @@ import collections
 import concurrent.futures
 import http.client
 import socket
+import subprocess
 import threading
 import time
 from collections.abc import Iterator
@@ -25,6 +26,7 @@ from rq.utils import now, utcformat
 
 from services import redis_clients
 from services.store import JobStore, pop_verify_result
+from tests.conftest import free_port
 from tests.harness import ServiceHarness
 from tests.standins.openai_server import StandinServer
 from workers.runner import SlotWorker
@@ -219,6 +221,32 @@ def test_a_cleanup_that_fails_releases_its_maintenance_lock(redis_url: str) -> N
         worker.clean_registries()
     assert client.exists("rq:clean_registries:generate") == 0
     client.close()
+
+
+def test_a_worker_started_while_redis_is_down_registers_once_it_is_up(harness: ServiceHarness, tmp_path) -> None:
+    """A worker must not die when Redis is away at its start (or goes away half-way through it): it retries, and
+    registers once Redis answers. Before, RQ's first command raised and the process exited; a birth interrupted
+    half-way was refused on retry ("There exists an active worker named ...")."""
+    port = free_port()
+    _ = harness.generator  # the worker needs a generator URL to start
+    harness.env["OPROVER_REDIS_URL"] = f"redis://127.0.0.1:{port}/0"
+    worker = harness._spawn("generate-worker", "worker", "generate", "--concurrency", "2", "--no-memory")
+    harness._wait(lambda: "Redis unavailable at start" in harness.log("generate-worker"), "generate-worker", 30, worker)
+    time.sleep(2)  # a retry or two more, still alive
+    server = subprocess.Popen(
+        ["redis-server", "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--dir", str(tmp_path)],
+        stdout=subprocess.DEVNULL,
+    )
+    client = redis.Redis(port=port)
+    try:
+        harness._wait(
+            lambda: any(w.pid == worker.pid for w in Worker.all(connection=client)), "generate-worker", 30, worker
+        )
+    finally:
+        client.close()
+        harness.close()
+        server.terminate()
+        server.wait(timeout=10)
 
 
 # --- /readyz ----------------------------------------------------------------------------------------------------------

@@ -115,7 +115,9 @@ class SlotWorker(SimpleWorker):
             maintenance_interval=maintenance_interval_s,
             worker_ttl=WORKER_TTL_S,
             log_job_description=False,
+            prepare_for_work=False,  # RQ would talk to Redis here; `_register` does, retrying while it is away
         )
+        self.hostname, self.pid = socket.gethostname(), os.getpid()
         self.log_result_lifespan = False
         self.concurrency = concurrency
         self.abandoned_after_s = abandoned_after_s
@@ -126,6 +128,7 @@ class SlotWorker(SimpleWorker):
         self._running_lock = threading.Lock()
         self._stop = threading.Event()
         self._beats_stop = threading.Event()
+        self._pubsub_failing = False
         self._release_lock = self.connection.register_script(_RELEASE_IF_OWNER)
 
     # --- RQ hooks ------------------------------------------------------------------------------------------------
@@ -138,6 +141,17 @@ class SlotWorker(SimpleWorker):
 
     def request_stop(self, signum: Any = None, frame: Any = None) -> None:
         self._stop.set()
+
+    def _pubsub_exception_handler(self, exc: Exception, pubsub: Any, pubsub_thread: Any) -> None:
+        """RQ's listener for commands (`rq shutdown` ...): reconnects by itself; say so once per outage, not every
+        2 s at ERROR as RQ does (the dequeue loop logs when Redis is back)."""
+        if not isinstance(exc, redis.exceptions.ConnectionError):
+            super()._pubsub_exception_handler(exc, pubsub, pubsub_thread)  # RQ's: log and end the listener
+            return
+        if not self._pubsub_failing:
+            logger.warning("%s: command listener lost Redis (%s); reconnecting", self.name, exc)
+            self._pubsub_failing = True
+        time.sleep(2.0)
 
     def get_heartbeat_ttl(self, job: Job, working_time: float = 0.0) -> int:
         return self.abandoned_after_s
@@ -213,6 +227,7 @@ class SlotWorker(SimpleWorker):
                 if redis_down_since is not None:
                     logger.info("%s: Redis is back after %.0f s", self.name, time.monotonic() - redis_down_since)
                     redis_down_since, backoff = None, 1.0
+                    self._pubsub_failing = False
                 if taken is not None:
                     job, queue = taken
                     self.reorder_queues(reference_queue=queue)
@@ -233,11 +248,23 @@ class SlotWorker(SimpleWorker):
         backoff = 1.0
         while True:
             try:
-                self.register_birth()
-                self.subscribe()
+                if self.ip_address == "unknown":
+                    self._set_ip_address(self.connection)
+                if self.birth_date is not None:
+                    # A birth that failed half-way may have written the record, and RQ's birth refuses a second
+                    # one: write it idempotently instead.
+                    self._beat()
+                else:
+                    self.register_birth()
+                if self.pubsub is None:
+                    self.subscribe()
                 self.set_state(WorkerStatus.STARTED)
                 return
-            except redis.exceptions.ConnectionError as exc:
+            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
+                if self.pubsub is not None and self.pubsub_thread is None:  # subscribing failed half-way
+                    with contextlib.suppress(Exception):
+                        self.pubsub.close()
+                    self.pubsub = None
                 logger.warning("%s: Redis unavailable at start (%s); retrying", self.name, exc)
                 time.sleep(backoff)
                 backoff = min(backoff * 2, MAX_BACKOFF_S)
