@@ -12,16 +12,18 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-from typing import Any
+from typing import Annotated, Any
 
 import pydantic
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Header, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 
+from api import idempotency
 from api.deps import require_api_key
 from api.protocol import ErrorResponse, ProveRequest
-from api.prove import ProveService, ServiceDep
+from api.prove import REPLAYED_HEADERS, ProveService, ServiceDep
+from services import keys
 from services.errors import RequestError
 from services.store import JobSpec
 
@@ -102,10 +104,36 @@ def submit_all(service: ProveService, specs: list[JobSpec]) -> list[str]:
     return job_ids
 
 
+def _statuses(service: ProveService, job_ids: list[str]) -> list[str]:
+    with service.gw.redis.pipeline(transaction=False) as pipe:
+        for job_id in job_ids:
+            pipe.hget(keys.job_key(job_id), "status")
+        return [raw.decode() if raw else "expired" for raw in pipe.execute()]
+
+
 @router.post("/batch", status_code=202, openapi_extra={"requestBody": _BODY_SCHEMA})
-async def submit_batch(request: Request, service: ServiceDep) -> JSONResponse:
-    items = parse_items(await request.body())
-    specs = await run_in_threadpool(validate, service, items)
-    job_ids = await run_in_threadpool(submit_all, service, specs)
-    data = [{"index": index, "id": job_id, "status": "queued"} for index, job_id in enumerate(job_ids)]
-    return JSONResponse({"object": "list", "data": data}, status_code=202)
+async def submit_batch(
+    request: Request,
+    service: ServiceDep,
+    idempotency_key: Annotated[
+        str | None, Header(alias=idempotency.HEADER, description="A retry with the same key gets the same jobs.")
+    ] = None,
+) -> JSONResponse:
+    raw = await request.body()
+    items = parse_items(raw)
+
+    def create() -> list[str]:
+        return submit_all(service, validate(service, items))
+
+    outcome = await run_in_threadpool(service.once, "batch", idempotency_key, raw, create)
+    if outcome.replayed:  # the same jobs as the first answer, each with where it is now
+        statuses = await run_in_threadpool(_statuses, service, outcome.job_ids)
+    else:
+        statuses = ["queued"] * len(outcome.job_ids)
+    data = [
+        {"index": index, "id": job_id, "status": status}
+        for index, (job_id, status) in enumerate(zip(outcome.job_ids, statuses, strict=True))
+    ]
+    return JSONResponse(
+        {"object": "list", "data": data}, status_code=202, headers=REPLAYED_HEADERS.get(outcome.replayed, {})
+    )

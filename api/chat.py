@@ -11,12 +11,13 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Awaitable
-from typing import Any, TypeVar
+from typing import Annotated, Any, TypeVar
 
-from fastapi import APIRouter, Depends, Request
+from fastapi import APIRouter, Depends, Header, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
+from api import idempotency
 from api.deps import CallerDep, GatewayDep, require_api_key
 from api.openai_protocol import OPROVER_MODEL, ChatCompletionRequest
 from api.protocol import ErrorResponse
@@ -34,12 +35,20 @@ router = APIRouter(prefix="/v1", tags=["chat"], dependencies=[Depends(require_ap
 
 @router.post("/chat/completions", response_model=None)
 async def chat_completions(
-    body: ChatCompletionRequest, request: Request, gateway: GatewayDep, relay: RelayDep, caller: CallerDep
+    body: ChatCompletionRequest,
+    request: Request,
+    gateway: GatewayDep,
+    relay: RelayDep,
+    caller: CallerDep,
+    idempotency_key: Annotated[
+        str | None, Header(alias=idempotency.HEADER, description="A retry with the same key follows the same job.")
+    ] = None,
 ) -> Response:
     if body.model != OPROVER_MODEL:
         return await relay.chat(await request.body(), stream=bool(body.stream))
     serving = OpenAIServingChat(gateway, caller)
-    chat = await run_in_threadpool(serving.submit, body)  # every 4xx happens here, before any 200
+    raw = await request.body()
+    chat = await run_in_threadpool(serving.submit_once, body, idempotency_key, raw)  # every 4xx is here, before a 200
     headers = {JOB_ID_HEADER: chat.job_id}
     if body.stream:
         return StreamingResponse(

@@ -28,6 +28,7 @@ _TYPES = {
     409: "conflict_error",
     413: "invalid_request_error",
     415: "invalid_request_error",
+    422: "invalid_request_error",
     429: "rate_limit_error",
     503: "service_unavailable",
 }
@@ -67,7 +68,11 @@ def install_error_handlers(app: FastAPI) -> None:
 
     @app.exception_handler(RequestError)
     async def _request_error(_request: Request, exc: RequestError) -> JSONResponse:
-        return error_response(exc.status_code, exc.message, param=exc.param, code=exc.code, type_=exc.type)
+        # `headers`: e.g. the `retry-after` of a 429/503/409 (api/limits.py, api/admission.py, api/idempotency.py)
+        headers = getattr(exc, "headers", None)
+        return error_response(
+            exc.status_code, exc.message, param=exc.param, code=exc.code, type_=exc.type, headers=headers
+        )
 
     @app.exception_handler(DependencyError)
     async def _dependency(_request: Request, exc: DependencyError) -> JSONResponse:

@@ -17,6 +17,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 
+from api import idempotency
 from api.deps import CallerDep, Gateway, GatewayDep, require_api_key
 from api.protocol import ErrorResponse, ProveRequest
 from api.tenancy import OPEN, Caller, require_visible
@@ -145,6 +146,18 @@ class ProveService:
             )
         return str(url)
 
+    def once(self, route: str, idempotency_key: str | None, body: bytes, create: Any) -> idempotency.Outcome:
+        """`create` at most once per Idempotency-Key of this caller on `route` (api/idempotency.py)."""
+        return idempotency.once(
+            self.gw.redis,
+            owner=self.caller.owner,
+            route=route,
+            idempotency_key=idempotency_key,
+            body=body,
+            ttl_s=self.settings.api.idempotency_ttl_s,
+            create=create,
+        )
+
     def submit(self, req: ProveRequest) -> str:
         return self.submit_spec(self.build_spec(req))
 
@@ -201,7 +214,11 @@ def get_service(gateway: GatewayDep, caller: CallerDep) -> ProveService:
 
 
 ServiceDep = Annotated[ProveService, Depends(get_service)]
-_ERRORS: dict[int | str, dict[str, Any]] = {code: {"model": ErrorResponse} for code in (400, 401, 404, 503)}
+_ERRORS: dict[int | str, dict[str, Any]] = {
+    code: {"model": ErrorResponse} for code in (400, 401, 404, 409, 413, 422, 429, 503)
+}
+# A response to a retried submission says so (the jobs are the ones the first request created).
+REPLAYED_HEADERS = {True: {"idempotent-replayed": "true"}}
 
 router = APIRouter(prefix="/v1/prove", tags=["prove"], dependencies=[Depends(require_api_key)], responses=_ERRORS)
 
@@ -209,15 +226,22 @@ router = APIRouter(prefix="/v1/prove", tags=["prove"], dependencies=[Depends(req
 @router.post("", status_code=202)
 async def submit(
     body: ProveRequest,
+    request: Request,
     service: ServiceDep,
     wait: Annotated[float | None, Query(ge=0, description="Seconds to wait for the job to finish.")] = None,
+    idempotency_key: Annotated[
+        str | None, Header(alias=idempotency.HEADER, description="A retry with the same key gets the same job.")
+    ] = None,
 ) -> JSONResponse:
     if wait is not None and wait > service.settings.api.max_wait_s:
         raise RequestError(f"wait must be at most {service.settings.api.max_wait_s} seconds", param="wait")
-    job_id = await run_in_threadpool(service.submit, body)
+    raw = await request.body()
+    outcome = await run_in_threadpool(service.once, "prove", idempotency_key, raw, lambda: [service.submit(body)])
+    job_id = outcome.job_ids[0]
     finished = bool(wait) and await service.wait_finished(job_id, wait or 0)
     job = await run_in_threadpool(service.get, job_id)
-    return JSONResponse(job, status_code=200 if finished else 202, headers={"Location": f"/v1/prove/{job_id}"})
+    headers = {"Location": f"/v1/prove/{job_id}", **REPLAYED_HEADERS.get(outcome.replayed, {})}
+    return JSONResponse(job, status_code=200 if finished else 202, headers=headers)
 
 
 @router.get("/{job_id}")

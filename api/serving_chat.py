@@ -107,6 +107,20 @@ class OpenAIServingChat:
         logger.info("job %s: chat request (%d choice(s), stream=%s)", job_id, spec.attempts, bool(req.stream))
         return ChatJob(job_id=job_id, request=req, choices=spec.attempts)
 
+    def submit_once(self, req: ChatCompletionRequest, idempotency_key: str | None, body: bytes) -> ChatJob:
+        """`submit`, at most once per Idempotency-Key of the caller: a retry follows the job the first one started."""
+        created: list[ChatJob] = []
+
+        def create() -> list[str]:
+            created.append(self.submit(req))
+            return [created[0].job_id]
+
+        outcome = self.prove.once("chat", idempotency_key, body, create)
+        if created:
+            return created[0]
+        job_id = outcome.job_ids[0]
+        return ChatJob(job_id=job_id, request=req, choices=self.gw.store.spec(job_id).attempts)
+
     async def abandon(self, chat: ChatJob) -> None:
         """The client left before the answer: stop its job, unless it asked for the job to go on."""
         if chat.request.background:

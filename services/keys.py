@@ -28,6 +28,13 @@ CALLBACKS_DUE = PREFIX + ":callbacks:due"
 # Hash: job id -> deliveries tried so far.
 CALLBACK_ATTEMPTS = PREFIX + ":callbacks:attempts"
 
+# --- idempotent submission (api/idempotency.py) -----------------------------------------------------------------
+# String (JSON): {"fingerprint", "job_ids"} of one `Idempotency-Key` of one owner (the key's hash, never the key)
+# on one route. Written with SET NX, so of two concurrent retries exactly one creates jobs; `job_ids` is null while
+# that one is still creating them. Lives `ApiSettings.idempotency_ttl_s` (a day by default: clients retry within
+# minutes, and a day also covers a client restarted after an outage).
+IDEMPOTENCY = PREFIX + ":idempotency:{owner}:{route}:{key_hash}"
+
 # --- workers -------------------------------------------------------------------------------------------------
 # String (JSON): what a verify worker serves (Lean, Mathlib, repl revisions), refreshed while it lives.
 LEAN_WORKER = PREFIX + ":lean-worker:{name}"
@@ -70,6 +77,10 @@ def verify_result_key(request_id: str) -> str:
     return VERIFY_RESULT.format(request_id=request_id)
 
 
+def idempotency_key(owner: str, route: str, key_hash: str) -> str:
+    return IDEMPOTENCY.format(owner=owner, route=route, key_hash=key_hash)
+
+
 def lean_worker_key(name: str) -> str:
     return LEAN_WORKER.format(name=name)
 
@@ -84,6 +95,6 @@ def verify_queue(lean_version: str | None, default_version: str) -> str:
 def rq_job_id(job_id: str, chain: int, round_: int, stage: str) -> str:
     """Deterministic RQ job id of one stage of one round, e.g. `prf_ab12-c0-r2-gen`.
 
-    RQ 3 accepts only letters, digits, `_` and `-` in job ids, so not the `{job}:{chain}:{round}:gen` of DESIGN §2.
+    RQ 3 accepts only letters, digits, `_` and `-` in job ids, so not a colon-separated `{job}:{chain}:{round}:gen`.
     """
     return f"{job_id}-c{chain}-r{round_}-{stage}"
