@@ -122,6 +122,7 @@ def sample_from_job(job: dict[str, Any]) -> Sample:
         attempts=attempts,
         model=next((a["model"] for a in reversed(job.get("attempts", [])) if a.get("model")), None),
         lean=lean,
+        prompt_profile=next((a["prompt_profile"] for a in job.get("attempts", []) if a.get("prompt_profile")), None),
     )
 
 

@@ -70,7 +70,8 @@ class Sample:
     wall_s: float = 0.0
     attempts: list[Attempt] = field(default_factory=list)
     model: str | None = None
-    lean: dict[str, str] | None = None
+    lean: dict[str, str] | None = None  # Lean, Mathlib and repl versions of the checker that judged it
+    prompt_profile: str | None = None  # the profile its prompts were rendered with (the deployment's, if unset)
 
     @property
     def proved(self) -> bool:
@@ -168,6 +169,7 @@ class Summary:
     not_proved: dict[str, int]  # sample end -> count, over samples that did not prove
     models: list[str]
     lean: list[str]
+    profiles: list[str]
 
 
 def summarize(results: Sequence[ProblemResult]) -> Summary:
@@ -200,6 +202,7 @@ def summarize(results: Sequence[ProblemResult]) -> Summary:
         lean_share=lean_ms / all_ms if all_ms else 0.0,
         not_proved=not_proved,
         models=sorted({s.model for r in results for s in r.samples if s.model}),
+        profiles=sorted({s.prompt_profile for r in results for s in r.samples if s.prompt_profile}),
         lean=sorted({_lean_label(s.lean) for r in results for s in r.samples if s.lean}),
     )
 
@@ -238,7 +241,10 @@ def format_summary(summary: Summary, settings: dict[str, Any] | None = None) -> 
     if summary.not_proved:
         ends = ", ".join(f"{status} {count}" for status, count in sorted(summary.not_proved.items()))
         lines.append(f"samples not proved: {ends}")
-    lines.append(f"model: {', '.join(summary.models) or 'unknown'}; Lean: {'; '.join(summary.lean) or 'unknown'}")
+    lines.append(
+        f"model: {', '.join(summary.models) or 'unknown'}; prompt profile: {', '.join(summary.profiles) or 'unknown'}; "
+        f"Lean: {'; '.join(summary.lean) or 'unknown'}"
+    )
     if settings:
         lines.append("settings: " + ", ".join(f"{k}={v}" for k, v in settings.items()))
     return "\n".join(lines)

@@ -116,7 +116,7 @@ def test_eval_reports_hand_computed_pass_at_k_and_a_killed_run_resumes_to_the_sa
     line = json.loads(whole.read_text().splitlines()[0])
     sample = next(s for s in line["samples"] if s["status"] == "failed")
     assert sample["job_id"] and sample["why"].startswith("every round failed (round 1 fail)")
-    assert sample["model"].startswith("standin-") and sample["lean"]
+    assert sample["model"].startswith("standin-") and sample["lean"]["lean"] and sample["prompt_profile"]
     assert line["settings"] == {
         "attempts": 4, "rounds": 1, "top_k": 0, "prompt_profile": None, "lean_version": None
     }  # fmt: skip
@@ -170,3 +170,57 @@ def test_compare_prints_the_difference_of_two_results_files(tmp_path: Path) -> N
     assert run.returncode == 0, run.stderr
     assert "rounds: A 1  B 2" in run.stdout
     assert "solved by A alone (1): p" in run.stdout and "solved by B alone (1): q" in run.stdout
+
+
+def test_eval_against_oprover_up_with_the_shipped_defaults_and_real_latencies(redis_url: str, tmp_path: Path) -> None:
+    """`oprover up` as shipped (only where Redis, the generator and the REPL are), a generator answering in 3 s
+    and a REPL that takes 2 s to start and 1 s a check: one problem is proved in round 1 by every sample, the
+    other in round 2 after Lean's feedback, so pass@k is 100% and the solves by round are 1 then 2."""
+    from tests.harness import OproverUp
+    from tests.standins.fake_repl import lean_cmd, write_table
+    from tests.standins.openai_server import StandinServer
+
+    message = "linarith failed to find a contradiction"
+    first, second = _bench(tmp_path).read_text().splitlines()[:2]
+    bench = tmp_path / "two.jsonl"
+    bench.write_text(first + "\n" + second + "\n")
+    easy, hard = json.loads(first), json.loads(second)
+    with StandinServer() as generator:
+        generator.script(
+            [
+                {"match": message, "delay_s": 3.0,
+                 "content": f"```lean4\n{hard['formal_statement'].rstrip()}\n  norm_num -- PASS_ME\n```"},
+                {"match": hard["name"], "delay_s": 3.0,
+                 "content": f"```lean4\n{hard['formal_statement'].rstrip()}\n  nlinarith\n```"},
+                {"match": easy["name"], "delay_s": 3.0,
+                 "content": f"```lean4\n{easy['formal_statement'].rstrip()}\n  ring -- PASS_ME\n```"},
+            ]
+        )  # fmt: skip
+        table = write_table(
+            tmp_path / "repl-table.json",
+            [{"match": "PASS_ME", "outcome": "pass"}, {"match": "nlinarith", "outcome": "error", "message": message}],
+            default="error",
+            import_s=2.0,
+            check_s=1.0,
+        )
+        up = OproverUp(redis_url=redis_url, workdir=tmp_path, generator_url=generator.url, lean_cmd=lean_cmd(table))
+        try:
+            up.start()
+            out = tmp_path / "results.jsonl"
+            run = subprocess.run(
+                [sys.executable, "-m", "api.cli", "eval", str(bench), "--url", up.url, "--out", str(out),
+                 "--attempts", "2", "--top-k", "0"],
+                cwd=tmp_path, env=up.env, capture_output=True, text=True, timeout=300,
+            )  # fmt: skip
+        finally:
+            up.stop()
+    assert run.returncode == 0, run.stdout + run.stderr
+    table_rows = dict(
+        line.split() for line in run.stdout.splitlines() if line.strip().startswith("pass@") and ":" not in line
+    )
+    assert table_rows == {"pass@1": "100.0%", "pass@2": "100.0%"}, run.stdout
+    assert "no contamination" in run.stdout
+    rounds = [line.split() for line in run.stdout.splitlines() if line.strip()[:1].isdigit() and len(line.split()) == 2]
+    assert rounds == [["1", "1"], ["2", "2"]], run.stdout
+    records = {json.loads(line)["name"]: json.loads(line) for line in out.read_text().splitlines()}
+    assert records[hard["name"]]["first_round"] == 2 and records[easy["name"]]["first_round"] == 1
