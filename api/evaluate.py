@@ -321,6 +321,9 @@ def command(args: Any) -> int:
         return 0
     if not args.bench:
         raise EvalFailed("name a benchmark JSONL (or --compare A B)")
+    for flag, value in (("--attempts", args.attempts), ("--concurrency", args.concurrency), ("--rounds", args.rounds)):
+        if value is not None and value < 1:
+            raise EvalFailed(f"{flag} must be at least 1 (got {value})")
     try:
         problems = cli.read_benchmark(args.bench)
     except cli.CommandFailed as exc:  # api.cli's class, which differs from `python -m api.cli`'s own

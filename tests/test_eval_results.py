@@ -128,3 +128,33 @@ def test_plots_are_written_as_png_files(tmp_path: Path) -> None:
     paths = write_plots([_problem("a", [2, None]), _problem("b", [1, 1])], tmp_path / "plots")
     assert [p.name for p in paths] == ["pass_at_k.png", "solves_by_round.png"]
     assert all(p.read_bytes().startswith(b"\x89PNG") for p in paths)
+
+
+def test_a_sample_not_proved_says_why() -> None:
+    from api.evaluate import sample_from_job
+
+    attempt = {"chain": 0, "round": 1, "verdict": None, "model": "standin-oprover", "usage": {"prompt_tokens": 7}}
+    errored = sample_from_job(
+        {"id": "j1", "status": "error", "error": "generator unreachable at http://gpu:30000 (round 1 of chain 0)",
+         "created_at": 10.0, "finished_at": 12.5, "attempts": [attempt]}
+    )  # fmt: skip
+    assert errored.why == "generator unreachable at http://gpu:30000 (round 1 of chain 0)"
+    assert (errored.wall_s, errored.attempts[0].prompt_tokens, errored.model) == (2.5, 7, "standin-oprover")
+    failed = sample_from_job(
+        {"id": "j2", "status": "failed", "created_at": 0.0, "finished_at": 1.0,
+         "attempts": [{**attempt, "verdict": "fail", "feedback": "linarith failed\nmore"}]}
+    )  # fmt: skip
+    assert failed.why == "every round failed (round 1 fail); last feedback: linarith failed"
+
+
+def test_bad_numbers_of_samples_are_refused_naming_the_flag(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    bench = tmp_path / "b.jsonl"
+    bench.write_text(json.dumps({"name": "t", "formal_statement": "theorem t : True := by\n"}) + "\n")
+    run = subprocess.run(
+        [sys.executable, "-m", "api.cli", "eval", str(bench), "--attempts", "0", "--url", "http://127.0.0.1:9"],
+        cwd=Path(__file__).resolve().parents[1], capture_output=True, text=True, timeout=60,
+    )  # fmt: skip
+    assert run.returncode == 2 and run.stderr.strip() == "oprover eval: --attempts must be at least 1 (got 0)"
