@@ -1,4 +1,4 @@
-"""Request and response models of the public HTTP API (DESIGN §3).
+"""Request and response models of the public HTTP API (README, "HTTP API").
 
 Unknown fields are accepted and logged, not rejected (clients send extras; OpenAI's clients do too).
 Bounds that depend on the deployment (largest `rounds`, `attempts`) are checked by the service, which names

@@ -1,7 +1,8 @@
 """All configuration of oprover-serve: one settings class, one sub-model per service.
 
 Every value comes from an environment variable `OPROVER_<SERVICE>_<FIELD>` (or a `.env` file), so the
-names of DESIGN §3 hold: `OPROVER_REDIS_URL` is `redis.url`, `OPROVER_LEAN_TIMEOUT_S` is `lean.timeout_s`.
+names in README's settings table hold: `OPROVER_REDIS_URL` is `redis.url`, `OPROVER_LEAN_TIMEOUT_S` is
+`lean.timeout_s`.
 The nesting is split once on `_` (`env_nested_max_split=1`), which is why every field lives in a
 sub-model: a top-level field would be read as a service name.
 

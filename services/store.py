@@ -210,7 +210,7 @@ class JobStore:
         return status is None or status in TERMINAL_STATUSES
 
     def get(self, job_id: str) -> dict[str, Any]:
-        """The job object of DESIGN §3."""
+        """The job object `GET /v1/jobs/{id}` returns (README, "HTTP API")."""
         with self.redis.pipeline() as pipe:
             pipe.hgetall(keys.job_key(job_id))
             pipe.hgetall(keys.attempts_key(job_id))

@@ -1,5 +1,5 @@
-"""No contamination (issue 12): a benchmark problem's own proofs are never retrieved while it is proved, by
-statement hash and by problem name. The shared sample holds the case the issue names: a Seed-Prover proof of a
+"""No contamination: a benchmark problem's own proofs are never retrieved while it is proved, by
+statement hash and by problem name. The shared sample holds the hard case: a Seed-Prover proof of a
 corrected (re-worded) `mathd_numbertheory_780`, whose statement hash differs from MiniF2F's."""
 
 from __future__ import annotations

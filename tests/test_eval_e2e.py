@@ -1,4 +1,4 @@
-"""`oprover eval` end to end (issue 12): the real gateway, workers and Redis, the stand-in generator and REPL
+"""`oprover eval` end to end: the real gateway, workers and Redis, the stand-in generator and REPL
 (tests/standins/: their answers are the test's script, not the model's or Lean's). Real MiniF2F statements.
 
 Each problem's samples are scripted to pass a known number of times (the generator's `times`), so pass@k is

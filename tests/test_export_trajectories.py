@@ -1,4 +1,4 @@
-"""`oprover export trajectories` on stand-in runs (issue 12): real gateway, workers and Redis; the stand-in
+"""`oprover export trajectories` on stand-in runs: real gateway, workers and Redis; the stand-in
 generator and REPL (tests/standins/) answer from the test's script, not as the model or Lean would.
 
 The examples' prompts are checked against the requests the stand-in generator actually received, byte for

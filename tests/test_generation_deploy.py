@@ -1,5 +1,6 @@
 """Dockerfile.gpu and deploy/sglang/compose.yaml, checked offline (no Docker engine here): the launch flags
-DESIGN §5 asks for, the healthcheck on a real generation, and the generate worker wired to SGLang."""
+docs/generation.md asks for ("The model server"), the healthcheck on a real generation, and the generate
+worker wired to SGLang."""
 
 from __future__ import annotations
 

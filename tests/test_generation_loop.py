@@ -1,5 +1,5 @@
 """Generator failures as a proof job sees them: real gateway, Redis, generate/verify worker processes, and the
-stand-in generator scripted to fail (tests/harness.py). Issue 4's "done when": transient then success, a permanent
+stand-in generator scripted to fail (tests/harness.py). Transient then success, a permanent
 rejection, and `Retry-After`."""
 
 from __future__ import annotations

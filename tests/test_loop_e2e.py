@@ -1,4 +1,4 @@
-"""The proving loop end to end (issue 2): real Redis, real RQ worker processes, the gateway over HTTP.
+"""The proving loop end to end: real Redis, real RQ worker processes, the gateway over HTTP.
 
 The model and Lean are stand-ins (tests/standins/): their answers are scripted per test and are not Lean's or
 the model's. The statements and the passing proof are real MiniF2F data from ../shared/data.

@@ -1,4 +1,4 @@
-"""Settings: the DESIGN §3 variable names, clear start-up errors, and README's table kept true."""
+"""Settings: the `OPROVER_<SERVICE>_<FIELD>` variable names, clear start-up errors, and README's table kept true."""
 
 from __future__ import annotations
 

@@ -1,4 +1,4 @@
-"""`POST /v1/verify` and `oprover verify` through the verify queue (issue 3), and Lean versions side by side.
+"""`POST /v1/verify` and `oprover verify` through the verify queue, and Lean versions side by side.
 
 The REPL is the stand-in (tests/standins/fake_repl.py): its verdicts come from the test's table, not from Lean.
 """

@@ -1,7 +1,8 @@
 """RQ job functions: one round of one chain is `generate_round` then `verify_round`.
 
 Each function takes ids only, reads what it needs from the job store, does its step, and enqueues the next
-step itself (DESIGN §5: no dependency chains of unknown length). Every step first checks whether the proof
+step itself: a chain's length is unknown until a proof passes, so no dependency chain is built ahead
+(docs/architecture.md, section 6). Every step first checks whether the proof
 job is already finished (proved by another chain, cancelled, failed): that is how cancellation works, since
 a running in-process job cannot be killed from outside. Steps are idempotent: the next step is enqueued with
 RQ's atomic `unique=True` under its deterministic id, a chain ends once, and a generate step whose attempt is

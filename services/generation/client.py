@@ -8,7 +8,7 @@ Works with SGLang, vLLM or any server speaking `/v1/chat/completions`. Two faces
   keep-alive connections and one place where timeouts are enforced.
 
 Sampling is always explicit (`temperature`, `top_p`, `max_tokens`, `stop`): a server's defaults differ
-between releases. k samples of one prompt are k concurrent single requests (DESIGN §5: `n>1` changed shape
+between releases. k samples of one prompt are k concurrent single requests (`n>1` changed shape
 between SGLang releases and broke behind the router); they share their prefix, which the radix cache reuses.
 
 Failures, and what is retried (a bounded number of attempts within a total time budget):

@@ -14,8 +14,8 @@ answer has no code. An unclosed final Lean block means the output was cut: no co
 so (an earlier complete block is a draft the model was replacing). Among complete Lean blocks the last one
 declaring the target theorem wins, else the last with any `theorem`/`lemma`, else the last. Header lines the
 model repeats are left in place: the Lean checker's text policy drops the ones that repeat the request header
-and rejects other imports (DESIGN §5), so nothing is hidden from it here. A bare tactic body is completed with
-the requested statement when the caller passes it.
+and rejects other imports (docs/lean.md, "How a check goes"), so nothing is hidden from it here. A bare
+tactic body is completed with the requested statement when the caller passes it.
 
 `extract_code` never raises: any input, however malformed, gives an `Extraction`.
 """
