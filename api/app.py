@@ -12,6 +12,7 @@ from fastapi.middleware.cors import CORSMiddleware
 from api import batch, chat, health, models, prove, verify
 from api.deps import Gateway
 from api.errors import install_error_handlers
+from api.input_limits import BodySizeLimit
 from api.relay import GeneratorRelay
 from services.settings import Settings
 from workers.callbacks import CallbackDelivery
@@ -52,6 +53,7 @@ def create_app(settings: Settings) -> FastAPI:
             expose_headers=["Location", "x-oprover-job-id"],
         )
     install_error_handlers(app)
+    app.add_middleware(BodySizeLimit, max_bytes=settings.api.max_body_bytes)  # api/input_limits.py
     app.include_router(batch.router)  # before prove's: `/v1/prove/batch` is not a job id
     app.include_router(prove.router)
     app.include_router(chat.router)

@@ -19,6 +19,7 @@ from fastapi.sse import EventSourceResponse, ServerSentEvent
 
 from api import idempotency
 from api.deps import CallerDep, Gateway, GatewayDep, require_api_key
+from api.input_limits import check_text
 from api.protocol import ErrorResponse, ProveRequest
 from api.tenancy import OPEN, Caller, require_visible
 from services import keys, lean_workers, redis_clients
@@ -52,12 +53,8 @@ class ProveService:
 
     def build_spec(self, req: ProveRequest) -> JobSpec:
         prove = self.settings.prove
-        if len(req.formal_statement) > prove.max_statement_chars:
-            raise RequestError(
-                f"formal_statement is longer than {prove.max_statement_chars} characters",
-                param="formal_statement",
-                code="too_long",
-            )
+        for param in ("formal_statement", "header", "informal_statement"):  # before any parsing: a clear 400
+            check_text(getattr(req, param), param, max_chars=prove.max_statement_chars)
         parse_statement(req.formal_statement)
         rounds = req.rounds if req.rounds is not None else prove.rounds
         attempts = req.attempts if req.attempts is not None else prove.attempts

@@ -9,6 +9,7 @@ from fastapi import APIRouter, Depends
 from fastapi.concurrency import run_in_threadpool
 
 from api.deps import GatewayDep, require_api_key
+from api.input_limits import check_text
 from api.protocol import ErrorResponse, VerifyRequest
 from api.prove import ProveService
 from services import redis_clients
@@ -36,6 +37,10 @@ def _enqueue(gateway: Any, body: VerifyRequest) -> tuple[str, float]:
     check's effective limit."""
     if not body.code.strip():
         raise RequestError("code is empty", param="code", code="empty")
+    limit = gateway.settings.prove.max_statement_chars
+    for param in ("formal_statement", "header"):
+        check_text(getattr(body, param), param, max_chars=limit)
+    check_text(body.code, "code", max_chars=gateway.settings.api.max_body_bytes)  # a proof may be long: bytes cap it
     if body.formal_statement is not None:
         parse_statement(body.formal_statement)
     limit_s = gateway.settings.lean.timeout_s
