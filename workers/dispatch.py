@@ -50,9 +50,11 @@ class Dispatcher:
     def verify_timeout_for(self, check_timeout_s: float) -> int:
         """RQ's limit for a verify step whose Lean check may take `check_timeout_s`.
 
-        Above the checker's worst case: waiting for a REPL to be (re)started, the compile, the type and
-        `#print axioms` commands, and the strict replay; RQ's timeout must never cut a check in half."""
-        return int(self.settings.lean.import_timeout_s + 4 * check_timeout_s + 60)
+        Above the checker's worst case: waiting for a REPL to be (re)started, the check in it, a claimed pass
+        repeated in a REPL that ran nothing else (a warm spare), and the kernel replay; RQ's timeout must never cut
+        a check in half."""
+        lean = self.settings.lean
+        return int(lean.import_timeout_s + 2 * check_timeout_s + lean.replay_timeout_s + 60)
 
     def _retry(self) -> Retry | None:
         worker = self.settings.worker
