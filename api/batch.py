@@ -91,14 +91,16 @@ def validate(service: ProveService, items: list[tuple[Any, str]]) -> list[JobSpe
 
 
 def submit_all(service: ProveService, specs: list[JobSpec]) -> list[str]:
+    reserved = service.reserve(len(specs))  # the whole batch fits the key's quotas, or a 429 before any job
     job_ids: list[str] = []
     try:
-        for spec in specs:
-            job_ids.append(service.submit_spec(spec))
+        for spec, job_id in zip(specs, reserved, strict=True):
+            job_ids.append(service.submit_spec(spec, job_id))
     except Exception:
         for job_id in job_ids:  # all or none: the batch's client will retry the whole batch
             with contextlib.suppress(Exception):
                 service.cancel(job_id)
+        service.gw.quotas.release_jobs(service.caller.owner, reserved[len(job_ids) :])
         raise
     logger.info("batch of %d jobs submitted: %s .. %s", len(job_ids), job_ids[0], job_ids[-1])
     return job_ids

@@ -10,6 +10,7 @@ import redis
 import redis.asyncio
 from fastapi import Depends, Request
 
+from api.quotas import Quotas
 from api.tenancy import Caller, authenticate
 from services import redis_clients
 from services.settings import Settings
@@ -26,6 +27,7 @@ class Gateway:
     aredis: redis.asyncio.Redis  # async client: blocking event reads on the event loop
     store: JobStore
     dispatch: Dispatcher
+    quotas: Quotas
 
     @classmethod
     def open(cls, settings: Settings) -> Gateway:
@@ -46,6 +48,7 @@ class Gateway:
             ),
             store=JobStore(client, job_ttl_s=settings.prove.job_ttl_s),
             dispatch=Dispatcher(client, settings),
+            quotas=Quotas(client, settings.quota),
         )
 
     async def close(self) -> None:
@@ -67,6 +70,7 @@ def require_api_key(request: Request, gateway: GatewayDep) -> Caller:
     api = gateway.settings.api
     caller = authenticate(request.headers.get("authorization", ""), api.keys, api.admin_keys)
     request.state.caller = caller
+    gateway.quotas.count_request(caller.owner)  # a 429 once the key's requests per minute are spent
     return caller
 
 

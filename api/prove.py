@@ -17,7 +17,7 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse
 from fastapi.sse import EventSourceResponse, ServerSentEvent
 
-from api import idempotency
+from api import admission, idempotency
 from api.deps import CallerDep, Gateway, GatewayDep, require_api_key
 from api.input_limits import check_text
 from api.protocol import ErrorResponse, ProveRequest
@@ -29,7 +29,7 @@ from services.lean.checker import require_imports_loaded
 from services.lean.policy import header_parts
 from services.leantext import parse_statement
 from services.prompts import PromptProfile, load_profile
-from services.store import JobSpec, read_events_async
+from services.store import JobSpec, new_job_id, read_events_async
 
 logger = logging.getLogger(__name__)
 
@@ -158,9 +158,25 @@ class ProveService:
     def submit(self, req: ProveRequest) -> str:
         return self.submit_spec(self.build_spec(req))
 
-    def submit_spec(self, spec: JobSpec) -> str:
-        """Create a validated job and enqueue round 1 of each chain (the chat door and batches come here too)."""
-        job_id = self.gw.store.create(spec, owner=self.caller.owner)
+    def reserve(self, count: int) -> list[str]:
+        """Ids for `count` new jobs, admitted against the queues' backlog (api/admission.py: else a 503) and the
+        caller's quotas (api/quotas.py: else a 429): all of them, or none."""
+        admission.admit(self.gw.redis, self.settings.admission)  # a 503 while the queues are too far behind
+        job_ids = [new_job_id() for _ in range(count)]
+        self.gw.quotas.admit_jobs(self.caller.owner, job_ids)
+        return job_ids
+
+    def submit_spec(self, spec: JobSpec, job_id: str | None = None) -> str:
+        """Create a validated job and enqueue round 1 of each chain (the chat door and batches come here too).
+
+        `job_id`: one `reserve` returned; without it the job is admitted here."""
+        if job_id is None:
+            job_id = self.reserve(1)[0]
+        try:
+            self.gw.store.create(spec, job_id=job_id, owner=self.caller.owner)
+        except Exception:
+            self.gw.quotas.release_jobs(self.caller.owner, [job_id])
+            raise
         try:
             self.gw.dispatch.start_job(job_id, spec.attempts)
         except Exception as exc:

@@ -35,6 +35,17 @@ CALLBACK_ATTEMPTS = PREFIX + ":callbacks:attempts"
 # minutes, and a day also covers a client restarted after an outage).
 IDEMPOTENCY = PREFIX + ":idempotency:{owner}:{route}:{key_hash}"
 
+# --- per-key quotas (api/quotas.py); `owner` is the key's hash (api/tenancy.py), never the key ---------------------
+# String counter: requests of one owner in one clock minute (epoch minute); expires after two minutes.
+QUOTA_REQUESTS = PREFIX + ":quota:{owner}:requests:{minute}"
+# Sorted set: the owner's jobs counted as in flight, scored by when each was admitted; ended or vanished jobs are
+# pruned at the next admission. Kept while jobs can be alive (ACTIVE_JOB_TTL_S), refreshed on every admission.
+QUOTA_LIVE_JOBS = PREFIX + ":quota:{owner}:live"
+# String counter: completion tokens the owner's jobs generated on one UTC day (YYYYMMDD), added by the workers
+# in the same step that records an attempt's usage; kept two days.
+QUOTA_TOKENS = PREFIX + ":quota:{owner}:tokens:{day}"
+QUOTA_TOKENS_TTL_S = 2 * 24 * 3600
+
 # --- workers -------------------------------------------------------------------------------------------------
 # String (JSON): what a verify worker serves (Lean, Mathlib, repl revisions), refreshed while it lives.
 LEAN_WORKER = PREFIX + ":lean-worker:{name}"
@@ -79,6 +90,18 @@ def verify_result_key(request_id: str) -> str:
 
 def idempotency_key(owner: str, route: str, key_hash: str) -> str:
     return IDEMPOTENCY.format(owner=owner, route=route, key_hash=key_hash)
+
+
+def quota_requests_key(owner: str, minute: int) -> str:
+    return QUOTA_REQUESTS.format(owner=owner, minute=minute)
+
+
+def quota_live_jobs_key(owner: str) -> str:
+    return QUOTA_LIVE_JOBS.format(owner=owner)
+
+
+def quota_tokens_key(owner: str, day: str) -> str:
+    return QUOTA_TOKENS.format(owner=owner, day=day)
 
 
 def lean_worker_key(name: str) -> str:

@@ -169,6 +169,18 @@ class QuotaSettings(BaseModel):
     )
 
 
+class AdmissionSettings(BaseModel):
+    """Backpressure: when the queues are this far behind, new jobs get a 503 instead of joining them."""
+
+    max_queued_rounds: int = Field(
+        100_000, ge=0, description="New jobs get a 503 while more rounds than this wait in the queues; 0 = no limit."
+    )
+    max_queue_age_s: float = Field(
+        0.0, ge=0, description="New jobs get a 503 while the oldest queued round waited longer than this; 0 = off."
+    )
+    retry_after_s: int = Field(30, ge=1, description="The `retry-after` a refused job is told.")
+
+
 class PromptSettings(BaseModel):
     profile: str = Field("oprover", description="Default prompt profile.")
     retrieved_max_chars: int = Field(
@@ -255,6 +267,7 @@ class Settings(BaseSettings):
     qdrant: QdrantSettings = Field(default_factory=QdrantSettings)
     api: ApiSettings = Field(default_factory=ApiSettings)
     quota: QuotaSettings = Field(default_factory=QuotaSettings)
+    admission: AdmissionSettings = Field(default_factory=AdmissionSettings)
     prompt: PromptSettings = Field(default_factory=PromptSettings)
     prove: ProveSettings = Field(default_factory=ProveSettings)
     worker: WorkerSettings = Field(default_factory=WorkerSettings)

@@ -66,6 +66,11 @@ def new_job_id() -> str:
     return "prf_" + secrets.token_hex(12)
 
 
+def utc_day(now: float | None = None) -> str:
+    """The UTC day a daily quota counts in, as YYYYMMDD."""
+    return time.strftime("%Y%m%d", time.gmtime(time.time() if now is None else now))
+
+
 # Lua, shared by the scripts that end a job: a job with a callback URL gets its delivery scheduled in the same
 # atomic step that makes it terminal, so every end is delivered once and no end is missed (workers/callbacks.py).
 _SCHEDULE_CALLBACK = """
@@ -131,7 +136,10 @@ return 2
 
 # Lua: write one attempt of an existing job, keeping the job's lifetime (a late write to an expired job must not
 # recreate it without a TTL). KEYS: job, attempts, events. ARGV: field, attempt JSON, event type, event data,
-# maxlen, then prompt and completion tokens when the attempt spent a generation.
+# maxlen, then prompt and completion tokens when the attempt spent a generation, and the two halves of the owner's
+# daily token counter name around the owner id plus its TTL (the per-key daily budget, api/quotas.py). That counter
+# is named from the job's owner field, which only the script reads: fine on one Redis; on Redis Cluster it would
+# need the owner's slot.
 _PUT_ATTEMPT = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
@@ -141,6 +149,12 @@ if ARGV[6] then
   redis.call('HINCRBY', KEYS[1], 'generations', 1)
   redis.call('HINCRBY', KEYS[1], 'prompt_tokens', ARGV[6])
   redis.call('HINCRBY', KEYS[1], 'completion_tokens', ARGV[7])
+  local owner = redis.call('HGET', KEYS[1], 'owner')
+  if owner then
+    local spent = ARGV[8] .. owner .. ARGV[9]
+    redis.call('INCRBY', spent, ARGV[7])
+    redis.call('EXPIRE', spent, ARGV[10])
+  end
 end
 redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[5], '*', 'type', ARGV[3], 'data', ARGV[4])
 return 1
@@ -279,6 +293,8 @@ class JobStore:
         ]
         if usage is not None:
             args += [int(usage.get("prompt_tokens", 0)), int(usage.get("completion_tokens", 0))]
+            head, _, tail = keys.quota_tokens_key("\0", utc_day()).partition("\0")
+            args += [head, tail, keys.QUOTA_TOKENS_TTL_S]
         written = self._put_attempt(
             keys=[keys.job_key(job_id), keys.attempts_key(job_id), keys.events_key(job_id)], args=args
         )
