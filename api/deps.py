@@ -9,6 +9,7 @@ from typing import Annotated
 import redis
 import redis.asyncio
 from fastapi import Depends, Request
+from redis.asyncio import Redis as AsyncRedis
 
 from api.quotas import Quotas
 from api.tenancy import Caller, authenticate
@@ -24,7 +25,7 @@ logger = logging.getLogger(__name__)
 class Gateway:
     settings: Settings
     redis: redis.Redis  # sync client: store and RQ calls, always through the thread pool
-    aredis: redis.asyncio.Redis  # async client: blocking event reads on the event loop
+    aredis: AsyncRedis  # async client: blocking event reads on the event loop
     store: JobStore
     dispatch: Dispatcher
     quotas: Quotas

@@ -175,7 +175,7 @@ class SlotWorker(SimpleWorker):
                 queue.intermediate_queue.cleanup(self, queue)
             finally:
                 self._release_lock(keys=[lock], args=[self.name])
-        self.last_cleaned_at = now()
+        self.last_cleaned_at = now()  # type: ignore[assignment]  # RQ declares it as None until the first run
 
     # --- the loop --------------------------------------------------------------------------------------------------
     def run(self) -> None:
@@ -274,7 +274,7 @@ class SlotWorker(SimpleWorker):
         own = pipeline is None
         pipe = self.connection.pipeline() if own else pipeline
         self.last_heartbeat = now()
-        pipe.hset(self.key, mapping=self.serialize())
+        pipe.hset(self.key, mapping=self.serialize())  # type: ignore[arg-type]  # RQ's own record, as RQ writes it
         pipe.expire(self.key, self.worker_ttl + 60)
         pipe.expire(self.executions_key, self.worker_ttl + 60)
         worker_registration.register(self, pipe)
@@ -402,7 +402,7 @@ class WorkerPool:
         logging.getLogger("rq.worker").setLevel(logging.WARNING)
         logging.getLogger("httpx").setLevel(logging.WARNING)
         # RQ builds these registries itself during maintenance; see the module docstring.
-        StartedJobRegistry.death_penalty_class = TimerDeathPenalty
+        StartedJobRegistry.death_penalty_class = TimerDeathPenalty  # type: ignore[assignment]  # RQ's typing is narrower
         context.install(self.ctx)
         for target, name in ((self._run_scheduler, "scheduler"), (self._run_worker, "dequeue")):
             thread = threading.Thread(target=target, name=f"{self.kind}-{name}", daemon=True)
