@@ -101,7 +101,7 @@ def cmd_worker(args: argparse.Namespace) -> int:
             require(settings.lean.replay_cmd, "OPROVER_LEAN_REPLAY_CMD", "only its kernel replay can confirm a pass")
             concurrency = args.concurrency or settings.lean.pool_size or os.cpu_count() or 1
             ctx = WorkerContext.build(settings, checker=True, pool_size=concurrency, concurrency=concurrency)
-            queues = [f"{keys.VERIFY_QUEUE}-{settings.lean.version}"]
+            queues = [keys.versioned_verify_queue(settings.lean.version)]
             if settings.lean.serve_default_queue:
                 queues.append(keys.VERIFY_QUEUE)
     except SettingsError as exc:

@@ -112,6 +112,11 @@ def verify_queue(lean_version: str | None, default_version: str) -> str:
     """Verify jobs route to one queue per Lean version; the deployment's default keeps the plain name."""
     if not lean_version or lean_version == default_version:
         return VERIFY_QUEUE
+    return versioned_verify_queue(lean_version)
+
+
+def versioned_verify_queue(lean_version: str) -> str:
+    """The queue of one Lean version, e.g. `verify-v4.15.0`: every verify worker serves its own version's."""
     return f"{VERIFY_QUEUE}-{lean_version}"
 
 

@@ -303,7 +303,7 @@ def test_keda_watches_the_lists_rq_fills(rendered, redis_client):
     scaled = _by_kind(rendered["cluster"], "ScaledObject")
     watched = {
         "generate-worker": [keys.GENERATE_QUEUE],
-        "verify-worker": [keys.verify_queue(None, lean_version), f"{keys.VERIFY_QUEUE}-{lean_version}"],
+        "verify-worker": [keys.verify_queue(None, lean_version), keys.versioned_verify_queue(lean_version)],
     }
     for target, queue_names in watched.items():
         lists = [trigger["metadata"]["listName"] for trigger in scaled[target]["spec"]["triggers"]]

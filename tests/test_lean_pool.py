@@ -10,7 +10,7 @@ import pytest
 
 from services.domain import Verdict
 from services.errors import LeanError, RequestError
-from services.lean import LeanChecker, queue_name_for
+from services.lean import LeanChecker
 from tests.lean_cases import GOOD_PROOF, PASS_POSITIVITY, STATEMENT, lean_settings, stand_in_checker
 from tests.standins.fake_repl import write_table
 
@@ -180,7 +180,6 @@ def test_versions_are_announced(tmp_path) -> None:
         result = checker.check(GOOD_PROOF, formal_statement=STATEMENT)
         assert result.versions["lean"] == "v4.15.0-fake_repl"
         assert result.to_json()["versions"] == result.versions
-    assert queue_name_for("4.15.0") == queue_name_for("v4.15.0") == "verify-v4.15.0"
 
 
 def test_no_repl_can_start_raises_a_transient_lean_error(tmp_path) -> None:

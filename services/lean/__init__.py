@@ -10,7 +10,7 @@ sandbox_launch.py  network namespace, rlimits, unprivileged user, then exec (std
 setup.py     `oprover lean setup`: a pinned Lean project with Mathlib and the repl
 """
 
-from services.lean.checker import CheckResult, LeanChecker, queue_name_for
+from services.lean.checker import CheckResult, LeanChecker
 from services.lean.protocol import LeanMessage, Pos
 
-__all__ = ["CheckResult", "LeanChecker", "LeanMessage", "Pos", "queue_name_for"]
+__all__ = ["CheckResult", "LeanChecker", "LeanMessage", "Pos"]

@@ -84,12 +84,6 @@ class CheckResult:
         }
 
 
-def queue_name_for(version: str) -> str:
-    """A queue name per Lean version, e.g. `verify-v4.15.0` (the gateway decides whether it uses it)."""
-    version = version.strip()
-    return "verify-" + (version if version.startswith("v") else f"v{version}")
-
-
 @dataclass(frozen=True)
 class _Outcome:
     """What a stage concluded: the verdict and what to tell about it."""
