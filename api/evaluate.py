@@ -33,8 +33,7 @@ from api.evaluation import (
     read_results,
     settings_differences,
 )
-
-TERMINAL = ("proved", "failed", "cancelled", "error")
+from services.domain import TERMINAL_STATUSES
 
 
 class EvalFailed(Exception):
@@ -239,7 +238,7 @@ class EvalRun:
                 return
             self._answered()
             job = response.json()
-            if job["status"] in TERMINAL:
+            if job["status"] in TERMINAL_STATUSES:
                 del self.in_flight[job_id]
                 self._ended(problem, sample, sample_from_job(job))
 

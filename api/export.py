@@ -26,7 +26,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-TERMINAL = ("proved", "failed", "cancelled", "error")
+from services.domain import TERMINAL_STATUSES
+
 _JOB_KEY = re.compile(r"^oprover:job:\{([^}]+)\}$")
 
 
@@ -176,7 +177,7 @@ def export_trajectories(
                 job = store.get(job_id)
             except NotFound:
                 continue  # expired since the listing
-            if job["status"] not in TERMINAL:
+            if job["status"] not in TERMINAL_STATUSES:
                 continue
             examples = round_examples(store, job, prompt_dir)
             record = proof_record(job)

@@ -53,9 +53,7 @@ LEAN_WORKER = PREFIX + ":lean-worker:{name}"
 LEAN_WORKERS = PREFIX + ":lean-workers"
 
 # --- lifetimes (seconds) ---------------------------------------------------------------------------------------
-# A finished job stays readable this long by default (ProveSettings.job_ttl_s overrides): clients poll and
-# resume event streams well within a week, and audits want the attempts afterwards.
-JOB_TTL_S = 7 * 24 * 3600
+# A finished job's lifetime is a setting: ProveSettings.job_ttl_s (services/settings.py).
 # An unfinished job's keys carry a long safety TTL so a job orphaned by a lost Redis write cannot live forever;
 # it is far above any round's timeout times the largest rounds x attempts.
 ACTIVE_JOB_TTL_S = 3 * 24 * 3600

@@ -20,6 +20,10 @@ from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 logger = logging.getLogger(__name__)
 
+# A finished job stays readable this long by default (OPROVER_PROVE_JOB_TTL_S): clients poll and resume event
+# streams well within a week, and audits want the attempts afterwards.
+DEFAULT_JOB_TTL_S = 7 * 24 * 3600
+
 DEFAULT_LEAN_HEADER = (
     "import Mathlib\nimport Aesop\n\nset_option maxHeartbeats 400000\n\nopen BigOperators Real Nat Topology Rat"
 )
@@ -201,7 +205,7 @@ class ProveSettings(BaseModel):
     top_p: float | None = Field(None, gt=0, le=1, description="Overrides the prompt profile's top_p.")
     max_tokens: int | None = Field(None, ge=1, description="Overrides the prompt profile's max_tokens.")
     max_statement_chars: int = Field(20_000, ge=100, description="Longest formal statement accepted.")
-    job_ttl_s: int = Field(7 * 24 * 3600, ge=60, description="How long a finished job stays readable.")
+    job_ttl_s: int = Field(DEFAULT_JOB_TTL_S, ge=60, description="How long a finished job stays readable.")
     max_batch: int = Field(1000, ge=1, description="Most statements one POST /v1/prove/batch may hold.")
 
 

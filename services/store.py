@@ -24,6 +24,7 @@ import redis.asyncio
 from services import keys
 from services.domain import TERMINAL_STATUSES, JobStatus, RetrievedProof
 from services.errors import NotFound
+from services.settings import DEFAULT_JOB_TTL_S
 
 logger = logging.getLogger(__name__)
 
@@ -79,14 +80,20 @@ if redis.call('HEXISTS', KEYS[1], 'callback_url') == 1 then
 end
 """
 
+# Lua: return 0 when the job's status (in `status`) is terminal; written from TERMINAL_STATUSES, the one list.
+_RETURN_IF_TERMINAL = (
+    "if " + " or ".join(f"status == '{status.value}'" for status in sorted(TERMINAL_STATUSES)) + " then return 0 end\n"
+)
+
 # Lua: set a terminal status unless the job already has one. KEYS: job, events, attempts, callbacks due.
 # ARGV: status, event type, event data (JSON), ttl, events maxlen, then field/value pairs for the job hash.
 _FINISH = (
     """
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return -1 end
-if status == 'proved' or status == 'failed' or status == 'cancelled' or status == 'error' then return 0 end
-redis.call('HSET', KEYS[1], 'status', ARGV[1])
+"""
+    + _RETURN_IF_TERMINAL
+    + """redis.call('HSET', KEYS[1], 'status', ARGV[1])
 for i = 6, #ARGV, 2 do redis.call('HSET', KEYS[1], ARGV[i], ARGV[i + 1]) end
 redis.call('XADD', KEYS[2], 'MAXLEN', '~', ARGV[5], '*', 'type', ARGV[2], 'data', ARGV[3])
 local ttl = tonumber(ARGV[4])
@@ -116,8 +123,9 @@ _CHAIN_ENDED = (
     """
 local status = redis.call('HGET', KEYS[1], 'status')
 if not status then return -1 end
-if status == 'proved' or status == 'failed' or status == 'cancelled' or status == 'error' then return 0 end
-if redis.call('HSETNX', KEYS[1], 'chain_ended:' .. ARGV[5], '1') == 0 then return 0 end
+"""
+    + _RETURN_IF_TERMINAL
+    + """if redis.call('HSETNX', KEYS[1], 'chain_ended:' .. ARGV[5], '1') == 0 then return 0 end
 local live = redis.call('HINCRBY', KEYS[1], 'chains_live', -1)
 if live > 0 then return 1 end
 redis.call('HSET', KEYS[1], 'status', 'failed', 'finished_at', ARGV[1])
@@ -162,7 +170,7 @@ return 1
 
 
 class JobStore:
-    def __init__(self, client: redis.Redis, *, job_ttl_s: int = keys.JOB_TTL_S) -> None:
+    def __init__(self, client: redis.Redis, *, job_ttl_s: int = DEFAULT_JOB_TTL_S) -> None:
         self.redis = client
         self.job_ttl_s = job_ttl_s
         self._finish = client.register_script(_FINISH)
@@ -386,10 +394,6 @@ class JobStore:
             maxlen=keys.EVENTS_MAXLEN,
             approximate=True,
         )
-
-    def events(self, job_id: str, after: str = "0-0", *, block_ms: int | None = None) -> list[Event]:
-        reply = self.redis.xread({keys.events_key(job_id): after}, block=block_ms, count=1000)
-        return _parse_events(reply)
 
 
 async def read_events_async(client: redis.asyncio.Redis, job_id: str, after: str, *, block_ms: int) -> list[Event]:

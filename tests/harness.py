@@ -23,12 +23,13 @@ import psutil
 import redis
 from rq import Queue, Worker
 
+from services.domain import TERMINAL_STATUSES
 from tests.standins.fake_repl import lean_cmd, write_table
 from tests.standins.fake_replay import replay_cmd, write_replay_table
 from tests.standins.openai_server import StandinServer
 
 ROOT = Path(__file__).resolve().parents[1]
-TERMINAL = {"proved", "failed", "cancelled", "error"}
+TERMINAL = {status.value for status in TERMINAL_STATUSES}
 
 
 def _free_port() -> int:

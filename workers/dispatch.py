@@ -22,8 +22,6 @@ logger = logging.getLogger(__name__)
 
 # An RQ job's record outlives its execution only for debugging; the proof job keeps what clients need.
 RESULT_TTL_S = 3600
-# Failed RQ jobs stay inspectable (`rq info`, the failed registry) as long as the proof job stays readable.
-FAILURE_TTL_S = keys.JOB_TTL_S
 
 
 class Dispatcher:
@@ -76,7 +74,8 @@ class Dispatcher:
                 job_id=job_id,
                 timeout=timeout,
                 result_ttl=RESULT_TTL_S,
-                failure_ttl=FAILURE_TTL_S,
+                # inspectable (`rq info`, the failed registry) as long as the proof job stays readable
+                failure_ttl=self.settings.prove.job_ttl_s,
                 retry=self._retry(),
                 unique=True,
                 **options,

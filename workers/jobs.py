@@ -394,9 +394,11 @@ def _describe(exc: BaseException, stage: str) -> str:
 def _store(ctx: context.WorkerContext | None, connection: Any) -> Any:
     if ctx is not None:
         return ctx.store
+    from services.settings import load_settings
     from services.store import JobStore
 
-    return JobStore(connection)
+    # a failure callback run outside a worker's context: the same settings the worker started with
+    return JobStore(connection, job_ttl_s=load_settings().prove.job_ttl_s)
 
 
 def _end_with_request_error(job_id: str, exc: RequestError, chain: int, round_: int) -> dict[str, Any]:

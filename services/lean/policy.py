@@ -357,15 +357,6 @@ def offset_to_pos(text: str, offset: int) -> Pos:
     return Pos(line, offset - (text.rfind("\n", 0, offset) + 1))
 
 
-def pos_to_offset(text: str, pos: Pos) -> int:
-    lines = text.split("\n")
-    if pos.line < 1:
-        return 0
-    if pos.line > len(lines):
-        return len(text)
-    return sum(len(line) + 1 for line in lines[: pos.line - 1]) + min(pos.column, len(lines[pos.line - 1]))
-
-
 def header_parts(header: str) -> tuple[list[str], str]:
     """Split a header into its imported modules and the rest (options, `open`s), comments removed."""
     blanked = blank_comments_and_strings(header, strings=False)
