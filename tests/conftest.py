@@ -20,8 +20,6 @@ import redis
 
 from tests.harness import ServiceHarness
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-
 
 def free_port() -> int:
     with socket.socket() as sock:

@@ -1,7 +1,7 @@
 """`POST /v1/prove/batch`: a JSON list or JSONL of `/v1/prove` bodies becomes jobs, all or none.
 
 Real Redis, gateway and workers; the model and Lean are stand-ins (tests/standins/) that take seconds, as the
-real parts do. Statements are real MiniF2F data from ../shared/data.
+real parts do. Statements are real MiniF2F data (tests/golden/).
 """
 
 from __future__ import annotations
@@ -11,15 +11,13 @@ from collections.abc import Iterator
 
 import pytest
 
-from tests.conftest import SHARED_DATA
 from tests.harness import ServiceHarness
+from tests.shared_data import GOLDEN, read_jsonl
 from tests.test_chat_openai import GOOD, GOOD_MARK, PROBLEM, completion_text
 
 pytestmark = pytest.mark.slow
 
-STATEMENTS = [
-    json.loads(line)["formal_statement"] for line in (SHARED_DATA / "minif2f_valid.jsonl").read_text().splitlines()[:3]
-]
+STATEMENTS = [record["formal_statement"] for record in read_jsonl(GOLDEN / "minif2f_problems.jsonl")[:3]]
 
 
 @pytest.fixture(scope="module")

@@ -2,12 +2,11 @@
 
 Real Redis, real worker processes and the gateway over HTTP; the model and Lean are stand-ins
 (tests/standins/), scripted per test — their answers are not the model's or Lean's. The statement and the
-passing proof are real MiniF2F data from ../shared/data.
+passing proof are real MiniF2F data (tests/golden/, copied from ../shared/data).
 """
 
 from __future__ import annotations
 
-import json
 from collections.abc import Iterator
 
 import httpx
@@ -15,22 +14,14 @@ import openai
 import pytest
 from langchain_openai import ChatOpenAI
 
-from tests.conftest import SHARED_DATA
 from tests.harness import ServiceHarness
+from tests.shared_data import golden_record
 
 pytestmark = pytest.mark.slow
 
 
-def _record(path: str, name: str, **where: object) -> dict:
-    for line in (SHARED_DATA / path).read_text().splitlines():
-        record = json.loads(line)
-        if record["name"] == name and all(record.get(k) == v for k, v in where.items()):
-            return record
-    raise KeyError(name)
-
-
-PROBLEM = _record("minif2f_valid.jsonl", "mathd_algebra_159")
-GOOD = _record("verified_proofs_sample.jsonl", "mathd_algebra_159", matches_minif2f_statement=True)["proof"]
+PROBLEM = golden_record("minif2f_problems.jsonl", "mathd_algebra_159")
+GOOD = golden_record("verified_proofs.jsonl", "mathd_algebra_159", matches_minif2f_statement=True)["proof"]
 GOOD_MARK = "simp_all only [rpow_two"
 WRONG = PROBLEM["formal_statement"] + "  nlinarith [sq_nonneg (b + 2)]\n"
 WRONG_MARK = "nlinarith [sq_nonneg (b + 2)]"

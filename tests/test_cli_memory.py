@@ -10,12 +10,12 @@ import sys
 import time
 from pathlib import Path
 
-from tests.conftest import SHARED_DATA
 from tests.harness import ROOT, OproverUp
+from tests.shared_data import shared_path
 from tests.standins.fake_repl import lean_cmd, write_table
 from tests.standins.openai_server import StandinServer
 
-SAMPLE = SHARED_DATA / "verified_proofs_sample.jsonl"
+SAMPLE = shared_path("verified_proofs_sample.jsonl")
 
 
 def _oprover(*args: str, qdrant: Path) -> subprocess.CompletedProcess[str]:

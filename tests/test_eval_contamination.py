@@ -4,16 +4,15 @@ corrected (re-worded) `mathd_numbertheory_780`, whose statement hash differs fro
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 from services.memory import ProofMemory, VerifiedProof, body_hash
 from services.settings import QdrantSettings
-from tests.conftest import SHARED_DATA
+from tests.shared_data import read_jsonl, shared_path
 
 
 def _records(name: str) -> list[dict]:
-    return [json.loads(line) for line in (SHARED_DATA / name).read_text(encoding="utf-8").splitlines()]
+    return read_jsonl(shared_path(name))
 
 
 def _proof(record: dict) -> VerifiedProof:
@@ -42,7 +41,7 @@ def test_a_reworded_statement_of_the_target_is_not_retrieved_under_its_name(tmp_
 
 def test_with_the_benchmark_as_exclusion_file_no_problem_of_it_is_retrieved_by_name(tmp_path: Path) -> None:
     names = {r["name"] for r in BENCHMARK}
-    settings = QdrantSettings(path=tmp_path / "q", exclude_file=SHARED_DATA / "minif2f_valid.jsonl")
+    settings = QdrantSettings(path=tmp_path / "q", exclude_file=shared_path("minif2f_valid.jsonl"))
     with ProofMemory(settings) as memory:
         memory.add([_proof(r) for r in SAMPLE])
         for record in BENCHMARK[:30]:

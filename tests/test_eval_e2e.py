@@ -17,8 +17,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import SHARED_DATA
 from tests.harness import ROOT, ServiceHarness
+from tests.shared_data import GOLDEN, read_jsonl
 
 pytestmark = pytest.mark.slow
 
@@ -29,7 +29,7 @@ GENERATION_S = 1.0  # each stand-in generation takes a second, like a short real
 
 
 def _bench(tmp_path: Path) -> Path:
-    records = [json.loads(line) for line in (SHARED_DATA / "minif2f_valid.jsonl").read_text().splitlines()]
+    records = read_jsonl(GOLDEN / "minif2f_problems.jsonl")
     chosen = [r for name in PASSES for r in records if r["name"] == name]
     path = tmp_path / "bench.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in chosen))

@@ -18,23 +18,16 @@ import pytest
 from api.evaluation import Attempt, ProblemResult, Sample
 from services.memory import ProofMemory, import_proofs
 from services.settings import QdrantSettings
-from tests.conftest import SHARED_DATA
 from tests.harness import ROOT, ServiceHarness
+from tests.shared_data import golden_record
 
 pytestmark = pytest.mark.slow
 
 LEAN_MESSAGE = "linarith failed to find a contradiction"
 
 
-def _problem(name: str) -> dict:
-    return next(
-        json.loads(line)
-        for line in (SHARED_DATA / "minif2f_valid.jsonl").read_text().splitlines()
-        if json.loads(line)["name"] == name
-    )
-
-
-REPAIRED, UNSOLVED = _problem("mathd_algebra_182"), _problem("mathd_numbertheory_169")
+REPAIRED = golden_record("minif2f_problems.jsonl", "mathd_algebra_182")
+UNSOLVED = golden_record("minif2f_problems.jsonl", "mathd_numbertheory_169")
 
 
 def _block(statement: str, tactic: str) -> str:

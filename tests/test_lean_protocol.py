@@ -9,10 +9,10 @@ from pathlib import Path
 import pytest
 
 from services.lean.protocol import Pos, ProtocolError, decode_reply, encode_command, parse_reply, split_replies
-from tests.lean_cases import SHARED_DATA
+from tests.shared_data import shared_path
 from tests.standins.fake_repl import lean_cmd, render_json, write_table
 
-TRANSCRIPTS = SHARED_DATA / "repl_transcripts"
+TRANSCRIPTS = shared_path("repl_transcripts")
 INDEX = json.loads((TRANSCRIPTS / "index.json").read_text(encoding="utf-8"))
 REPL_PAIRS = [
     (s["set"].split("@ ")[-1] + "/" + p["name"], p)
@@ -129,7 +129,7 @@ def test_raw_newline_in_a_request_is_lost_and_malformed_json_kills_the_process(t
 
 def test_stand_in_check_answers_in_the_real_layout(tmp_path) -> None:
     """`#check` as in the real transcript (repl v4.15.0 test/dup_msg): one info message at the `#check` token."""
-    expected = (SHARED_DATA / "repl_transcripts/repl/v4.15.0/test/dup_msg.expected.out").read_text()
+    expected = shared_path("repl_transcripts/repl/v4.15.0/test/dup_msg.expected.out").read_text()
     table = write_table(tmp_path / "t.json", [{"always": True, "outcome": "pass"}])
     requests = [
         encode_command("def f : Nat := 2").decode(),

@@ -23,7 +23,8 @@ from services.domain import Verdict
 from services.lean.protocol import decode_reply, encode_pickle, split_replies
 from services.lean.replay import PickleError, name_parts, new_workdir, read_verdict, run_replay, take_pickle
 from services.settings import LeanSettings
-from tests.lean_cases import GOOD_PROOF, PASS_POSITIVITY, SHARED_DATA, STATEMENT, stand_in_checker
+from tests.lean_cases import GOOD_PROOF, PASS_POSITIVITY, STATEMENT, stand_in_checker
+from tests.shared_data import shared_path
 from tests.standins.fake_repl import lean_cmd, write_table
 from tests.standins.fake_replay import replay_cmd, write_replay_table
 
@@ -226,13 +227,14 @@ def test_a_verdict_is_read_again_and_must_cover_every_theorem() -> None:
 # ---------------------------------------------------------------------------------------------------------------
 # The protocol against the real repl's transcripts
 # ---------------------------------------------------------------------------------------------------------------
-PICKLE_TRANSCRIPT = SHARED_DATA / "repl_transcripts/repl/v4.15.0/test/pickle_environment"
+PICKLE_TRANSCRIPT = "repl_transcripts/repl/v4.15.0/test/pickle_environment"
 
 
 def test_pickle_requests_and_replies_are_the_real_repls(tmp_path) -> None:
     """repl v4.15.0 test/pickle_environment: `{"pickleTo": PATH, "env": 0}` is answered `{"env": 0}`."""
-    requests = split_replies(PICKLE_TRANSCRIPT.with_suffix(".in").read_text(encoding="utf-8"))
-    expected = split_replies(PICKLE_TRANSCRIPT.with_suffix(".expected.out").read_text(encoding="utf-8"))
+    transcript = shared_path(PICKLE_TRANSCRIPT + ".in").with_suffix("")
+    requests = split_replies(transcript.with_suffix(".in").read_text(encoding="utf-8"))
+    expected = split_replies(transcript.with_suffix(".expected.out").read_text(encoding="utf-8"))
     assert json.loads(requests[1]) == json.loads(encode_pickle("test/a.olean", 0))
     assert decode_reply(expected[1]).env == 0 and decode_reply(expected[1]).error is None
     # the stand-in answers the same two requests byte for byte, and writes the file

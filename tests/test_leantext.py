@@ -15,7 +15,7 @@ from services.leantext import (
     statement_hash,
     strip_header_lines,
 )
-from tests.conftest import SHARED_DATA
+from tests.shared_data import shared_path
 
 
 @pytest.mark.parametrize(
@@ -37,7 +37,7 @@ def test_blanking_keeps_offsets(text: str, expected: str) -> None:
 
 
 def test_every_minif2f_statement_parses_with_its_name() -> None:
-    for line in (SHARED_DATA / "minif2f_valid.jsonl").read_text().splitlines():
+    for line in shared_path("minif2f_valid.jsonl").read_text().splitlines():
         record = json.loads(line)
         statement = parse_statement(record["formal_statement"])
         assert statement.name == record["name"]

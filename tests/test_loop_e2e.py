@@ -16,30 +16,15 @@ import httpx
 import pytest
 from rq import Queue, Worker
 
-from tests.conftest import SHARED_DATA, free_port
+from tests.conftest import free_port
 from tests.harness import ROOT, ServiceHarness
+from tests.shared_data import golden_record
 
 pytestmark = pytest.mark.slow
 
-
-def _problem(name: str) -> dict:
-    for line in (SHARED_DATA / "minif2f_valid.jsonl").read_text().splitlines():
-        record = json.loads(line)
-        if record["name"] == name:
-            return record
-    raise KeyError(name)
-
-
-def _real_proof(name: str) -> str:
-    for line in (SHARED_DATA / "verified_proofs_sample.jsonl").read_text().splitlines():
-        record = json.loads(line)
-        if record["name"] == name and record.get("matches_minif2f_statement"):
-            return record["proof"]
-    raise KeyError(name)
-
-
-PROBLEM = _problem("mathd_algebra_159")
-GOOD = _real_proof("mathd_algebra_159")  # ends in `simp_all only [rpow_two, ...] ring_nf linarith`
+PROBLEM = golden_record("minif2f_problems.jsonl", "mathd_algebra_159")
+# ends in `simp_all only [rpow_two, ...] ring_nf linarith`
+GOOD = golden_record("verified_proofs.jsonl", "mathd_algebra_159", matches_minif2f_statement=True)["proof"]
 GOOD_MARK = "simp_all only [rpow_two"
 WRONG = PROBLEM["formal_statement"] + "  nlinarith [sq_nonneg (b + 2)]\n"
 WRONG_MARK = "nlinarith [sq_nonneg (b + 2)]"

@@ -18,9 +18,9 @@ from services.errors import MemoryError_
 from services.memory import ProofMemory, VerifiedProof
 from services.memory.store import OVERFETCH
 from services.settings import QdrantSettings
+from tests.shared_data import shared_path
 from tests.standins.embeddings_server import embed
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 ROOT = Path(__file__).resolve().parents[1]
 DIM = 48
 
@@ -61,7 +61,7 @@ def proofs() -> list[VerifiedProof]:
     """Sample proofs with pairwise distinct statements (so one-per-statement changes no ranking)."""
     seen: set[str] = set()
     out = []
-    for line in (SHARED_DATA / "verified_proofs_sample.jsonl").read_text(encoding="utf-8").splitlines():
+    for line in shared_path("verified_proofs_sample.jsonl").read_text(encoding="utf-8").splitlines():
         record = json.loads(line)
         proof = VerifiedProof(formal_statement=record["formal_statement"], proof=record["proof"])
         if proof.statement_hash not in seen:

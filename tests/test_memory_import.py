@@ -21,10 +21,10 @@ from services.memory.handoff import import_through_owner
 from services.memory.importer import _state_path
 from services.memory.screening import screen
 from services.settings import QdrantSettings
+from tests.shared_data import shared_path
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
-SAMPLE = SHARED_DATA / "verified_proofs_sample.jsonl"
-MINIF2F = SHARED_DATA / "minif2f_valid.jsonl"
+SAMPLE = shared_path("verified_proofs_sample.jsonl")
+MINIF2F = shared_path("minif2f_valid.jsonl")
 ROOT = Path(__file__).resolve().parents[1]
 
 

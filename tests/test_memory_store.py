@@ -16,13 +16,13 @@ from services.memory import ProofMemory, VerifiedProof, body_hash, format_stats
 from services.memory.screening import screen
 from services.memory.tokenizer import query_vector, statement_tokens
 from services.settings import QdrantSettings
+from tests.shared_data import shared_path
 
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 ROOT = Path(__file__).resolve().parents[1]
 
 
 def load(name: str) -> list[dict]:
-    with (SHARED_DATA / name).open(encoding="utf-8") as handle:
+    with shared_path(name).open(encoding="utf-8") as handle:
         return [json.loads(line) for line in handle]
 
 
@@ -123,7 +123,7 @@ def test_exclude_list_keeps_statements_out(filled: ProofMemory, sample: list[dic
 
 def test_exclusion_file_keeps_a_benchmark_out(tmp_path: Path, sample: list[dict]) -> None:
     # minif2f_valid.jsonl is the benchmark: no proof of one of its statements may be retrieved.
-    settings = QdrantSettings(path=tmp_path / "q", exclude_file=SHARED_DATA / "minif2f_valid.jsonl")
+    settings = QdrantSettings(path=tmp_path / "q", exclude_file=shared_path("minif2f_valid.jsonl"))
     with ProofMemory(settings) as memory:
         memory.add([as_proof(r) for r in sample])
         assert memory.stats()["excluded_statements"] >= 244
@@ -227,7 +227,7 @@ memory.close()
 def test_a_directory_held_by_another_process_is_a_clear_error(tmp_path: Path) -> None:
     path = tmp_path / "qdrant"
     holder = subprocess.Popen(
-        [sys.executable, "-c", LOCKER, str(path), str(SHARED_DATA / "verified_proofs_sample.jsonl")],
+        [sys.executable, "-c", LOCKER, str(path), str(shared_path("verified_proofs_sample.jsonl"))],
         cwd=ROOT,
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import json
 import math
-from pathlib import Path
 
 import pytest
 
@@ -18,13 +17,12 @@ from services.memory.tokenizer import (
     token_index,
     tokenize,
 )
-
-SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+from tests.shared_data import shared_path
 
 
 def statement(name: str) -> str:
     for file in ("verified_proofs_sample.jsonl", "minif2f_valid.jsonl"):
-        for line in (SHARED_DATA / file).read_text(encoding="utf-8").splitlines():
+        for line in shared_path(file).read_text(encoding="utf-8").splitlines():
             record = json.loads(line)
             if record["name"] == name:
                 return record["formal_statement"]

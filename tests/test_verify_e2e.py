@@ -18,18 +18,14 @@ from rq.job import Job
 from rq.serializers import JSONSerializer
 
 from services.settings import Settings
-from tests.conftest import SHARED_DATA
 from tests.harness import ROOT, ServiceHarness
+from tests.shared_data import golden_record
 from tests.standins.fake_repl import lean_cmd, write_table
 from workers.dispatch import Dispatcher
 
 pytestmark = pytest.mark.slow
 
-PROOF = next(
-    json.loads(line)
-    for line in (SHARED_DATA / "verified_proofs_sample.jsonl").read_text().splitlines()
-    if json.loads(line)["name"] == "mathd_numbertheory_48"
-)
+PROOF = golden_record("verified_proofs.jsonl", "mathd_numbertheory_48")
 STATEMENT = PROOF["formal_statement"]
 
 

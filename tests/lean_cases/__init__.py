@@ -10,12 +10,12 @@ from typing import Any
 
 from services.lean import LeanChecker
 from services.settings import LeanSettings
+from tests.shared_data import shared_path
 from tests.standins.fake_repl import lean_cmd, write_table
 from tests.standins.fake_replay import replay_cmd, write_replay_table
 
 CASES = Path(__file__).parent
 EXPLOITS = CASES / "exploits"
-SHARED_DATA = Path(__file__).resolve().parents[3] / "shared" / "data"
 STATEMENT = "theorem target_thm (x : ℝ) (h : 0 < x) : 0 < x ^ 2 := by sorry"
 GOOD_PROOF = "theorem target_thm (x : ℝ) (h : 0 < x) : 0 < x ^ 2 := by\n  positivity\n"
 PASS_POSITIVITY = {"match": "positivity", "outcome": "pass"}
@@ -59,5 +59,5 @@ def exploit_cases() -> list[tuple[str, str, dict[str, Any]]]:
 
 
 def verified_proofs() -> list[dict[str, Any]]:
-    path = SHARED_DATA / "verified_proofs_sample.jsonl"
+    path = shared_path("verified_proofs_sample.jsonl")
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
