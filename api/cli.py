@@ -631,24 +631,40 @@ def cmd_lean_setup(args: argparse.Namespace) -> int:
 
 
 # --- argument parsing -----------------------------------------------------------------------------------------------
+# What the file arguments of `prove` and `verify` may hold (shown in their --help).
+_LEAN_INPUT = """input: a Lean file, or - for stdin. The lines before the first declaration (import, set_option,
+open) are sent as the header; without them the gateway's default header is used (OPROVER_LEAN_HEADER)."""
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="oprover", description=__doc__)
-    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    # Line breaks of descriptions and epilogs are kept: they lay out input formats field by field.
+    formatter = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(prog="oprover", description=__doc__, formatter_class=formatter)
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging (default: info)")
     sub = parser.add_subparsers(dest="command", required=True)
 
     def client_args(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--url", default=os.environ.get("OPROVER_URL", DEFAULT_URL), help="gateway base URL")
+        p.add_argument(
+            "--url",
+            default=os.environ.get("OPROVER_URL", DEFAULT_URL),
+            help=f"gateway base URL (default: OPROVER_URL, else {DEFAULT_URL}); OPROVER_API_KEY is sent if set",
+        )
 
     def listen_args(p: argparse.ArgumentParser) -> None:
-        p.add_argument("--host", default="127.0.0.1")
-        p.add_argument("--port", type=int, default=8000)
+        p.add_argument("--host", default="127.0.0.1", help="address the gateway listens on (default: 127.0.0.1)")
+        p.add_argument("--port", type=int, default=8000, help="port the gateway listens on (default: 8000)")
 
-    p = sub.add_parser("serve", help="run the HTTP gateway")
+    p = sub.add_parser("serve", help="run the HTTP gateway", description="Run the HTTP gateway (OPROVER_* settings).")
     listen_args(p)
     p.set_defaults(func=cmd_serve)
 
-    p = sub.add_parser("worker", help="run RQ workers: generate (model calls) or verify (Lean)")
-    p.add_argument("kind", choices=["generate", "verify"])
+    p = sub.add_parser(
+        "worker",
+        help="run RQ workers: generate (model calls) or verify (Lean)",
+        description="Run one worker process: `generate` calls the model (and serves memory additions), `verify` "
+        "checks proofs with its Lean REPLs on the queue of OPROVER_LEAN_VERSION.",
+    )
+    p.add_argument("kind", choices=["generate", "verify"], help="which stage this process runs")
     p.add_argument(
         "--concurrency",
         type=int,
@@ -661,24 +677,36 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--no-memory",
         action="store_true",
-        help="generate: do not open the memory (another process owns the embedded store)",
+        help="generate: do not open the memory (another process owns the embedded store); default: open it",
     )
     p.set_defaults(func=cmd_worker)
 
-    p = sub.add_parser("up", help="gateway + one worker of each kind on this machine")
+    p = sub.add_parser(
+        "up",
+        help="gateway + one worker of each kind on this machine",
+        description="Start the gateway and one generate and one verify worker here; Redis, and SGLang when "
+        'OPROVER_GENERATOR_URL is unset, are started too (README, "Two commands").',
+    )
     listen_args(p)
     p.set_defaults(func=cmd_up)
 
-    p = sub.add_parser("prove", help="submit a theorem (file or - for stdin), follow it, print the proof")
-    p.add_argument("file")
-    for name, kind in (
-        ("rounds", int),
-        ("attempts", int),
-        ("top-k", int),
-        ("prompt-profile", str),
-        ("lean-version", str),
+    p = sub.add_parser(
+        "prove",
+        help="submit a theorem (file or - for stdin), follow it, print the proof",
+        description="Submit a theorem to POST /v1/prove, follow its events, print the proof on stdout. "
+        "Exit 0 proved, 1 not proved, 2 could not run.",
+        epilog=_LEAN_INPUT + "\nThe theorem ends in `:= by sorry` or `:= by`; the proof replaces it.",
+        formatter_class=formatter,
+    )
+    p.add_argument("file", help="the theorem's Lean file, or - for stdin")
+    for name, kind, what in (
+        ("rounds", int, "generate-check-repair rounds per chain (default: the deployment's, OPROVER_PROVE_ROUNDS)"),
+        ("attempts", int, "independent chains, pass@k (default: the deployment's, OPROVER_PROVE_ATTEMPTS)"),
+        ("top-k", int, "verified proofs retrieved into each prompt (default: OPROVER_QDRANT_TOP_K)"),
+        ("prompt-profile", str, "prompt profile name (default: OPROVER_PROMPT_PROFILE)"),
+        ("lean-version", str, "Lean version to check with (default: the deployment's, OPROVER_LEAN_VERSION)"),
     ):
-        p.add_argument(f"--{name}", type=kind, default=None, dest=name.replace("-", "_"))
+        p.add_argument(f"--{name}", type=kind, default=None, dest=name.replace("-", "_"), help=what)
     p.add_argument(
         "--timeout",
         type=float,
@@ -688,56 +716,121 @@ def build_parser() -> argparse.ArgumentParser:
     client_args(p)
     p.set_defaults(func=cmd_prove)
 
-    p = sub.add_parser("verify", help="check a Lean file; exit 0 only if it passes")
-    p.add_argument("file")
-    p.add_argument("--statement", help="file holding the statement the code must prove")
+    p = sub.add_parser(
+        "verify",
+        help="check a Lean file; exit 0 only if it passes",
+        description="Check Lean code with POST /v1/verify and print the verdict with Lean's messages. "
+        "Exit 0 pass, 1 any other verdict, 2 could not run.",
+        epilog=_LEAN_INPUT,
+        formatter_class=formatter,
+    )
+    p.add_argument("file", help="the Lean code to check, or - for stdin")
+    p.add_argument(
+        "--statement",
+        help="file holding the theorem statement the code must prove, which is imposed on the code "
+        "(default: none, the code is checked as it is)",
+    )
     client_args(p)
     p.set_defaults(func=cmd_verify)
 
     p = sub.add_parser(
-        "eval", help="run a JSONL benchmark (name, header, formal_statement): pass@k, solves by round, cost"
+        "eval",
+        help="run a JSONL benchmark (name, header, formal_statement): pass@k, solves by round, cost",
+        description="Prove every problem of a benchmark through the service, print pass@k, solves by round and "
+        "cost; or compare two results files.",
+        epilog="""input: JSONL, one problem per line:
+  formal_statement     (required) the Lean theorem, ending in `:= by sorry` or `:= by`
+  name                 the problem's name (default: its 0-based index)
+  header               imports/options/opens (default: the gateway's OPROVER_LEAN_HEADER)
+  informal_statement   the problem in words, shown to the model when present
+Other fields are ignored. A bad line is refused with its number before anything is submitted.""",
+        formatter_class=formatter,
     )
-    p.add_argument("bench", nargs="?", help="the benchmark JSONL")
-    p.add_argument("--limit", type=int, default=None, help="only the first N problems")
-    p.add_argument("--attempts", type=int, default=1, help="independent samples per problem (pass@k up to it)")
+    p.add_argument("bench", nargs="?", help="the benchmark JSONL, or - for stdin (not needed with --compare)")
+    p.add_argument("--limit", type=int, default=None, help="only the first N problems (default: all)")
+    p.add_argument(
+        "--attempts", type=int, default=1, help="independent samples per problem, pass@k up to it (default: 1)"
+    )
     p.add_argument("--rounds", type=int, default=None, help="rounds per sample (default: the deployment's)")
-    p.add_argument("--top-k", type=int, default=None, dest="top_k", help="retrieved proofs per prompt")
-    p.add_argument("--prompt-profile", default=None, dest="prompt_profile")
-    p.add_argument("--lean-version", default=None, dest="lean_version")
-    p.add_argument("--concurrency", type=int, default=8, help="proof jobs in flight")
-    p.add_argument("--out", default=None, help="results JSONL, one line per problem; an existing one is resumed")
-    p.add_argument("--plot", default=None, metavar="DIR", help="write pass@k and solves-by-round PNGs here")
-    p.add_argument("--compare", nargs=2, metavar=("A", "B"), help="compare two results files instead of running")
-    p.add_argument("--poll-s", type=float, default=2.0)
+    p.add_argument(
+        "--top-k", type=int, default=None, dest="top_k", help="retrieved proofs per prompt (default: the deployment's)"
+    )
+    p.add_argument(
+        "--prompt-profile", default=None, dest="prompt_profile", help="prompt profile (default: the deployment's)"
+    )
+    p.add_argument(
+        "--lean-version",
+        default=None,
+        dest="lean_version",
+        help="Lean version to check with (default: the deployment's)",
+    )
+    p.add_argument("--concurrency", type=int, default=8, help="proof jobs in flight (default: 8)")
+    p.add_argument(
+        "--out", default=None, help="results JSONL, one line per problem; an existing one is resumed (default: none)"
+    )
+    p.add_argument(
+        "--plot", default=None, metavar="DIR", help="write pass@k and solves-by-round PNGs here (default: none)"
+    )
+    p.add_argument(
+        "--compare", nargs=2, metavar=("A", "B"), help="compare two `--out` results files instead of running"
+    )
+    p.add_argument("--poll-s", type=float, default=2.0, help="seconds between job status reads (default: 2.0)")
     client_args(p)
     p.set_defaults(func=cmd_eval)
 
     p = sub.add_parser("export", help="training data from finished jobs: export trajectories --out FILE")
     export_sub = p.add_subparsers(dest="export_command", required=True)
     q = export_sub.add_parser(
-        "trajectories", help="round-level repair examples (chat JSONL, the job's prompt profile) and proofs"
+        "trajectories",
+        help="round-level repair examples (chat JSONL, the job's prompt profile) and proofs",
+        description="Write finished jobs' rounds (read from Redis, OPROVER_REDIS_URL) as chat-format examples "
+        "and their verified proofs.",
     )
-    q.add_argument("--out", required=True, help="rounds JSONL (resumed when it exists)")
+    q.add_argument("--out", required=True, help="rounds JSONL (required; resumed when it exists)")
     q.add_argument("--proofs", default=None, help="verified proofs JSONL (default: OUT's stem + .proofs.jsonl)")
-    q.add_argument("--results", default=None, help="only the jobs of this `oprover eval --out` file")
+    q.add_argument(
+        "--results", default=None, help="only the jobs of this `oprover eval --out` file (default: every finished job)"
+    )
     q.set_defaults(func=cmd_export)
 
-    p = sub.add_parser("memory", help="the retrieval memory: import PATH | export PATH | stats | rescreen")
-    p.add_argument("action", choices=["import", "export", "stats", "rescreen"])
-    p.add_argument("path", nargs="?")
+    p = sub.add_parser(
+        "memory",
+        help="the retrieval memory: import PATH | export PATH | stats | rescreen",
+        description="Manage the retrieval memory of OPROVER_QDRANT_PATH (embedded) or OPROVER_QDRANT_URL. "
+        "import: add verified proofs; export: write them as JSONL; stats: counts; rescreen: re-apply the "
+        "checker's policy.",
+        # the names of services/memory/importer.py's FIELD_ALIASES and VERIFIED_FLAGS, written out so that --help
+        # does not import the memory (tests/test_cli_help.py keeps them in step)
+        epilog="""import reads JSONL, Parquet, or a Hugging Face datasets folder. Fields, first name found wins:
+  formal_statement  (required) formal_statement | statement | lean4_statement | theorem | formal
+  proof             (required) proof | formal_proof | full_proof | lean4_proof | lean_code | code
+  header            header | lean_header | imports
+  source            source | dataset | origin
+  model             model | prover | generator
+  lean_version      lean_version | lean_env | lean_toolchain | toolchain
+  job_id            job_id
+  created_at        created_at | timestamp
+  name              name | theorem_name | problem_name | id
+A record with verified | is_verified | correct | pass | passed false, a sorry/admit, or no theorem is skipped
+and counted with its reason. An interrupted import resumes where it stopped when rerun.""",
+        formatter_class=formatter,
+    )
+    p.add_argument("action", choices=["import", "export", "stats", "rescreen"], help="what to do")
+    p.add_argument("path", nargs="?", help="import: the file or folder to read; export: the JSONL to write")
     p.add_argument(
         "--wait",
         type=float,
         default=3600.0,
-        help="import while another process owns the memory: seconds to wait for it to take the import in",
+        help="import while another process owns the memory: seconds to wait for it to take the import in "
+        "(default: 3600)",
     )
     p.set_defaults(func=cmd_memory)
 
     p = sub.add_parser("lean", help="Lean toolchain helpers")
     lean_sub = p.add_subparsers(dest="lean_command", required=True)
     q = lean_sub.add_parser("setup", help="create the pinned Lean project (Mathlib + repl) in DIR")
-    q.add_argument("dir")
-    q.add_argument("--lean-version", default="v4.15.0")
+    q.add_argument("dir", help="the folder to create the project in")
+    q.add_argument("--lean-version", default="v4.15.0", help="Lean and Mathlib version (default: v4.15.0)")
     q.set_defaults(func=cmd_lean_setup)
     return parser
 
