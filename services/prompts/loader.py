@@ -51,7 +51,7 @@ def load_profile(name: str, *, extra_dir: Path | None = None) -> PromptProfile:
     """The profile called `name`; an unknown name is the caller's error and lists the known ones.
 
     A file that exists but cannot be used raises `PromptProfileError` (a deployment problem, not the
-    request's); `validate_profiles` finds those at start-up.
+    request's); `validate_profiles` lists those (tests run it over the shipped profiles; nothing runs it at start-up).
     """
     path = profile_path(name, extra_dir)
     if path is None:
