@@ -19,8 +19,8 @@ from services import keys
 from services.errors import RequestError
 from services.settings import AdmissionSettings
 
-# The queues whose backlog is the service's: a job's rounds alternate between these two.
-WATCHED_QUEUES = (keys.GENERATE_QUEUE, keys.VERIFY_QUEUE)
+# The queues whose backlog is the service's: a job's rounds alternate between generation and verification.
+WATCHED_QUEUES = (keys.GENERATE_INTERACTIVE_QUEUE, keys.GENERATE_QUEUE, keys.VERIFY_QUEUE)
 
 
 class Overloaded(RequestError):

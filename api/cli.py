@@ -95,7 +95,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
             concurrency = args.concurrency or settings.generator.concurrency
             ctx = WorkerContext.build(settings, generator=True, memory=not args.no_memory, concurrency=concurrency)
             # Memory additions first: they are quick and must not wait behind a long generate backlog.
-            queues = ([keys.MEMORY_QUEUE] if ctx.memory is not None else []) + [keys.GENERATE_QUEUE]
+            queues = ([keys.MEMORY_QUEUE] if ctx.memory is not None else []) + [
+                keys.GENERATE_INTERACTIVE_QUEUE,  # before the plain queue: RQ takes queues in order
+                keys.GENERATE_QUEUE,
+            ]
         else:
             require(settings.lean.cmd, "OPROVER_LEAN_CMD", "the verify worker starts its Lean REPLs with it")
             require(settings.lean.replay_cmd, "OPROVER_LEAN_REPLAY_CMD", "only its kernel replay can confirm a pass")

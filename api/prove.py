@@ -155,8 +155,8 @@ class ProveService:
             create=create,
         )
 
-    def submit(self, req: ProveRequest) -> str:
-        return self.submit_spec(self.build_spec(req))
+    def submit(self, req: ProveRequest, *, interactive: bool = False) -> str:
+        return self.submit_spec(self.build_spec(req), interactive=interactive)
 
     def reserve(self, count: int) -> list[str]:
         """Ids for `count` new jobs, admitted against the queues' backlog (api/admission.py: else a 503) and the
@@ -166,14 +166,15 @@ class ProveService:
         self.gw.quotas.admit_jobs(self.caller.owner, job_ids)
         return job_ids
 
-    def submit_spec(self, spec: JobSpec, job_id: str | None = None) -> str:
+    def submit_spec(self, spec: JobSpec, job_id: str | None = None, *, interactive: bool = False) -> str:
         """Create a validated job and enqueue round 1 of each chain (the chat door and batches come here too).
 
-        `job_id`: one `reserve` returned; without it the job is admitted here."""
+        `job_id`: one `reserve` returned; without it the job is admitted here. `interactive`: someone waits for
+        the answer (chat, `?wait=`), so its rounds take the priority queue ahead of batches."""
         if job_id is None:
             job_id = self.reserve(1)[0]
         try:
-            self.gw.store.create(spec, job_id=job_id, owner=self.caller.owner)
+            self.gw.store.create(spec, job_id=job_id, owner=self.caller.owner, interactive=interactive)
         except Exception:
             self.gw.quotas.release_jobs(self.caller.owner, [job_id])
             raise
@@ -249,7 +250,10 @@ async def submit(
     if wait is not None and wait > service.settings.api.max_wait_s:
         raise RequestError(f"wait must be at most {service.settings.api.max_wait_s} seconds", param="wait")
     raw = await request.body()
-    outcome = await run_in_threadpool(service.once, "prove", idempotency_key, raw, lambda: [service.submit(body)])
+    interactive = bool(wait)  # a client waiting on the answer is served before batches (services/keys.py)
+    outcome = await run_in_threadpool(
+        service.once, "prove", idempotency_key, raw, lambda: [service.submit(body, interactive=interactive)]
+    )
     job_id = outcome.job_ids[0]
     finished = bool(wait) and await service.wait_finished(job_id, wait or 0)
     job = await run_in_threadpool(service.get, job_id)

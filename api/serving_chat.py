@@ -103,7 +103,7 @@ class OpenAIServingChat:
             if exc.param in _PARAMS:
                 exc.param = _PARAMS[exc.param]
             raise
-        job_id = self.prove.submit_spec(replace(spec, user=req.user))
+        job_id = self.prove.submit_spec(replace(spec, user=req.user), interactive=not req.background)
         logger.info("job %s: chat request (%d choice(s), stream=%s)", job_id, spec.attempts, bool(req.stream))
         return ChatJob(job_id=job_id, request=req, choices=spec.attempts)
 

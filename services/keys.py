@@ -66,6 +66,9 @@ LEAN_WORKER_TTL_S = 60
 
 # --- RQ queue names --------------------------------------------------------------------------------------------
 GENERATE_QUEUE = "generate"
+# Rounds of interactive jobs (chat, `?wait=`): generate workers take this queue before `generate`, so a person
+# waiting is not queued behind another key's 10,000-problem batch (api/cli.py builds the worker's queue list).
+GENERATE_INTERACTIVE_QUEUE = "generate-interactive"
 VERIFY_QUEUE = "verify"  # the deployment's default Lean version; others are "verify-<version>"
 MEMORY_QUEUE = "memory"
 

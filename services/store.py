@@ -179,8 +179,11 @@ class JobStore:
         self._put_attempt = client.register_script(_PUT_ATTEMPT)
 
     # --- creation and reading ----------------------------------------------------------------------------
-    def create(self, spec: JobSpec, *, job_id: str | None = None, owner: str | None = None) -> str:
-        """`owner` is the creating key's owner id (api/tenancy.py), a hash: the key itself is never stored."""
+    def create(
+        self, spec: JobSpec, *, job_id: str | None = None, owner: str | None = None, interactive: bool = False
+    ) -> str:
+        """`owner` is the creating key's owner id (api/tenancy.py), a hash: the key itself is never stored.
+        `interactive`: someone waits for the answer; its rounds go to the priority queue (workers/dispatch.py)."""
         job_id = job_id or new_job_id()
         now = time.time()
         with self.redis.pipeline() as pipe:
@@ -197,6 +200,7 @@ class JobStore:
                     "completion_tokens": 0,
                     **({"callback_url": spec.callback_url} if spec.callback_url else {}),
                     **({"owner": owner} if owner else {}),
+                    **({"priority": "interactive"} if interactive else {}),
                 },
             )
             pipe.expire(keys.job_key(job_id), keys.ACTIVE_JOB_TTL_S)

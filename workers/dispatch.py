@@ -88,9 +88,10 @@ class Dispatcher:
     # --- the stages --------------------------------------------------------------------------------------------
     def generate(self, job_id: str, chain: int, round_: int) -> None:
         rq_id = keys.rq_job_id(job_id, chain, round_, "gen")
-        self._enqueue(
-            keys.GENERATE_QUEUE, "workers.jobs.generate_round", [job_id, chain, round_], rq_id, self.generate_timeout_s
-        )
+        # An interactive job's every round goes to the queue generate workers take first (services/keys.py).
+        interactive = self.redis.hget(keys.job_key(job_id), "priority") == b"interactive"
+        queue = keys.GENERATE_INTERACTIVE_QUEUE if interactive else keys.GENERATE_QUEUE
+        self._enqueue(queue, "workers.jobs.generate_round", [job_id, chain, round_], rq_id, self.generate_timeout_s)
 
     def verify(self, job_id: str, chain: int, round_: int, lean_version: str | None) -> None:
         rq_id = keys.rq_job_id(job_id, chain, round_, "ver")
