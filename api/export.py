@@ -5,7 +5,7 @@ Two JSONL files, written job by job so an export of millions of rounds never hol
 * `--out`: one line per round: `(statement, retrieved proofs, previous attempt, Lean's feedback) -> attempt`
   with its verdict. `messages` is the chat the model was sent for that round, rebuilt from the job's record with
   the job's prompt profile by the very code the generate worker uses (`PromptProfile.messages` on a `ProofTask`
-  built from the same parts, the previous attempt read by `workers.jobs._previous_attempt`), so it is what the
+  built by the worker's own `workers.jobs.round_task`), so it is what the
   model saw byte for byte as long as the profile file is unchanged (profiles are versioned; `prompt_profile`
   names it). The assistant turn is the attempt's extracted Lean code in a ```lean4 block: the raw completion
   (its reasoning) is not kept on the job. The structured fields carry the same parts for other formats.
@@ -67,9 +67,8 @@ def job_ids_of_results(path: Path) -> list[str]:
 
 def round_examples(store: Any, job: dict[str, Any], prompt_dir: Path | None) -> list[dict[str, Any]]:
     """One example per generated attempt of a finished job, chain by chain, round by round."""
-    from services.domain import ProofTask
     from services.prompts import load_profile
-    from workers.jobs import _previous_attempt
+    from workers.jobs import round_task
 
     spec = store.spec(job["id"])
     retrieved = store.retrieved(job["id"]) or []
@@ -80,24 +79,15 @@ def round_examples(store: Any, job: dict[str, Any], prompt_dir: Path | None) -> 
         if not attempt.get("prompt_profile"):
             continue  # written before profiles were recorded: the prompt cannot be rebuilt
         chain, round_ = attempt["chain"], attempt["round"]
-        previous, structured_feedback = _previous_attempt(store, job["id"], chain, round_)
         profile = load_profile(attempt["prompt_profile"], extra_dir=prompt_dir)
-        task = ProofTask(
-            formal_statement=spec.formal_statement,
-            header=spec.header,
-            informal_statement=spec.informal_statement,
-            retrieved=tuple(retrieved),
-            previous=previous,
-            round=round_,
-            extra=structured_feedback,
-        )
+        task = round_task(store, job["id"], spec, retrieved, chain, round_)
         code = attempt.get("code")
         examples.append(
             {
                 "job_id": job["id"],
                 "chain": chain,
                 "round": round_,
-                "kind": "repair" if previous is not None else "first",
+                "kind": "repair" if task.previous is not None else "first",
                 "messages": [
                     *profile.messages(task),
                     {"role": "assistant", "content": f"```lean4\n{code}\n```" if code is not None else ""},
@@ -109,11 +99,13 @@ def round_examples(store: Any, job: dict[str, Any], prompt_dir: Path | None) -> 
                 "informal_statement": spec.informal_statement,
                 "retrieved": [asdict(p) for p in retrieved],
                 "previous": None
-                if previous is None
-                else {"code": previous.code, "verdict": previous.verdict.value, "feedback": previous.feedback},
-                "lean_messages": json.loads(structured_feedback["lean_messages"])
-                if "lean_messages" in structured_feedback
-                else None,
+                if task.previous is None
+                else {
+                    "code": task.previous.code,
+                    "verdict": task.previous.verdict.value,
+                    "feedback": task.previous.feedback,
+                },
+                "lean_messages": json.loads(task.extra["lean_messages"]) if "lean_messages" in task.extra else None,
                 "attempt": {
                     "code": code,
                     "verdict": attempt.get("verdict"),

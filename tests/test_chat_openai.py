@@ -15,17 +15,11 @@ import pytest
 from langchain_openai import ChatOpenAI
 
 from tests.harness import ServiceHarness
-from tests.shared_data import golden_record
+from tests.test_loop_e2e import GOOD, GOOD_MARK, LEAN_MESSAGE, PROBLEM, WRONG, WRONG_MARK
 
 pytestmark = pytest.mark.slow
 
 
-PROBLEM = golden_record("minif2f_problems.jsonl", "mathd_algebra_159")
-GOOD = golden_record("verified_proofs.jsonl", "mathd_algebra_159", matches_minif2f_statement=True)["proof"]
-GOOD_MARK = "simp_all only [rpow_two"
-WRONG = PROBLEM["formal_statement"] + "  nlinarith [sq_nonneg (b + 2)]\n"
-WRONG_MARK = "nlinarith [sq_nonneg (b + 2)]"
-LEAN_MESSAGE = "linarith failed to find a contradiction"
 QUESTION = f"Prove this, please:\n\n```lean4\n{PROBLEM['formal_statement']}\n```\n"
 
 

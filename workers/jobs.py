@@ -76,17 +76,8 @@ def generate_round(job_id: str, chain: int, round_: int) -> dict[str, Any]:
         started = time.monotonic()
         retrieved = _retrieve(ctx, job_id, spec)
         retrieve_ms = _ms(started)
-        previous, structured_feedback = _previous_attempt(store, job_id, chain, round_)
         profile = load_profile(spec.prompt_profile or ctx.settings.prompt.profile, extra_dir=ctx.settings.prompt.dir)
-        task = ProofTask(
-            formal_statement=spec.formal_statement,
-            header=spec.header,
-            informal_statement=spec.informal_statement,
-            retrieved=tuple(retrieved),
-            previous=previous,
-            round=round_,
-            extra=structured_feedback,
-        )
+        task = round_task(store, job_id, spec, retrieved, chain, round_)
         messages = profile.messages(task)
         sampling = Sampling(
             temperature=spec.temperature,
@@ -194,6 +185,20 @@ def _within_budget(proofs: list[RetrievedProof], max_chars: int) -> list[Retriev
             shown.append(proof)
             used += size
     return shown
+
+
+def round_task(store: Any, job_id: str, spec: Any, retrieved: Any, chain: int, round_: int) -> ProofTask:
+    """What one round's prompt is built from; `oprover export trajectories` rebuilds prompts with it too."""
+    previous, structured_feedback = _previous_attempt(store, job_id, chain, round_)
+    return ProofTask(
+        formal_statement=spec.formal_statement,
+        header=spec.header,
+        informal_statement=spec.informal_statement,
+        retrieved=tuple(retrieved),
+        previous=previous,
+        round=round_,
+        extra=structured_feedback,
+    )
 
 
 def _previous_attempt(
