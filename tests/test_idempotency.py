@@ -109,7 +109,7 @@ def test_a_refused_request_does_not_hold_its_key(service: ServiceHarness) -> Non
 @pytest.mark.parametrize("value", ["x" * 256, "naïve", "tab\there"])
 def test_a_malformed_idempotency_key_is_a_400_naming_the_header(service: ServiceHarness, value: str) -> None:
     with service.client(headers={"Authorization": f"Bearer {KEY_A}"}) as http:
-        response = http.post("/v1/prove", json=BODY, headers={"Idempotency-Key": value.encode()})
+        response = http.post("/v1/prove", json=BODY, headers={b"Idempotency-Key": value.encode()})
     assert response.status_code == 400, response.text
     assert response.json()["error"]["param"] == "Idempotency-Key"
 
