@@ -41,7 +41,14 @@ from typing import Any
 from services.domain import Verdict
 from services.errors import LeanError, RequestError
 from services.lean.feedback import build_feedback
-from services.lean.policy import STANDARD_AXIOMS, Composed, compose, header_parts, parse_axioms_answer
+from services.lean.policy import (
+    STANDARD_AXIOMS,
+    Composed,
+    compose,
+    header_parts,
+    parse_axioms_answer,
+    print_axioms_command,
+)
 from services.lean.pool import HeaderError, Lease, ReplPool
 from services.lean.process import ReplFailure
 from services.lean.protocol import LeanMessage, ReplReply, Sorry
@@ -388,7 +395,8 @@ class LeanChecker:
         """Run `#print axioms` per name; return (union of axioms, problem or "")."""
         found: list[str] = []
         for name in names:
-            reply = lease.process.request(f"#print axioms {name}", env, deadline=deadline)
+            command = print_axioms_command(name)
+            reply = lease.process.request(command, env, deadline=deadline)
             answers = [
                 answer
                 for m in reply.messages
@@ -396,10 +404,10 @@ class LeanChecker:
             ]
             if reply.error is not None or not answers or any(m.is_error for m in reply.messages):
                 why = reply.error or "; ".join(m.data for m in reply.messages) or "no answer"
-                return found, f"`#print axioms {name}` gave no standard answer ({why})"
+                return found, f"`{command}` gave no standard answer ({why})"
             printed, axioms = answers[0]
             if printed != name:  # e.g. resolved inside a namespace the code left open: not our theorem
-                return found, f"`#print axioms {name}` answered about `{printed}`"
+                return found, f"`{command}` answered about `{printed}`"
             found += [a for a in axioms if a not in found]
         extra = [a for a in found if a not in STANDARD_AXIOMS]
         if extra:
