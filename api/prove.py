@@ -26,7 +26,7 @@ from services import keys, lean_workers, redis_clients
 from services.domain import TERMINAL_STATUSES, JobStatus
 from services.errors import RequestError
 from services.lean.checker import require_imports_loaded
-from services.lean.policy import header_parts
+from services.lean.policy import header_parts, header_violations
 from services.leantext import parse_statement
 from services.prompts import PromptProfile, load_profile
 from services.store import JobSpec, new_job_id, read_events_async
@@ -114,6 +114,13 @@ class ProveService:
                 f"header is longer than {self.settings.prove.max_statement_chars} characters",
                 param="header",
                 code="too_long",
+            )
+        # The header is sent to Lean as a command of its own: the checker's allow-list refuses it there too, but
+        # only after a round has been generated; the requester's own text earns a 400 now.
+        refused = header_violations(header)
+        if refused:
+            raise RequestError(
+                f"header is refused by the integrity policy: {refused[0].rule}", param="header", code="header_refused"
             )
         version = lean_version or self.settings.lean.version
         announced = self.lean_versions().get(version, {}).get("imports") if lean_version else None

@@ -79,6 +79,34 @@ def test_bad_prove_request_names_the_field(client, body: dict, param: str) -> No
     _assert_error(client.post("/v1/prove", json=body), 400, param)
 
 
+REFUSED_HEADERS = [
+    pytest.param('import Mathlib\nrun_cmd Lean.logInfo "hi"', id="run-cmd"),
+    pytest.param("import Mathlib\nset_option debug.skipKernelTC true", id="skip-kernel"),
+    pytest.param("import Mathlib\naxiom cheat : False", id="axiom"),
+    pytest.param("import Mathlib\nopen Real set_option debug.skipKernelTC true", id="command-after-open-names"),
+]
+
+
+@pytest.mark.parametrize("header", REFUSED_HEADERS)
+@pytest.mark.parametrize("route", ["/v1/prove", "/v1/verify"])
+def test_a_header_the_policy_refuses_is_a_400_before_anything_is_queued(client, route: str, header: str) -> None:
+    """The header is the requester's own text and is sent to Lean as a command: refused at the door, naming it."""
+    body = {"formal_statement": STATEMENT, "header": header}
+    if route == "/v1/verify":
+        body["code"] = STATEMENT.replace("sorry", "omega")
+    error = _assert_error(client.post(route, json=body), 400, "header")
+    assert error["code"] == "header_refused"
+
+
+def test_the_default_header_and_honest_variants_are_accepted(client) -> None:
+    honest = (
+        "import Mathlib\nimport Aesop\n\nset_option maxHeartbeats 400000\n\nopen BigOperators Real Nat\n"
+        "open scoped Classical"
+    )
+    response = client.post("/v1/prove", json={"formal_statement": STATEMENT, "header": honest})
+    assert response.status_code == 202, response.text
+
+
 def test_unknown_lean_version_lists_the_available_ones(client) -> None:
     error = _assert_error(
         client.post("/v1/prove", json={"formal_statement": STATEMENT, "lean_version": "v9"}), 400, "lean_version"
