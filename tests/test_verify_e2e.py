@@ -127,9 +127,17 @@ def test_a_second_lean_version_gets_its_own_queue(service: ServiceHarness) -> No
         OPROVER_LEAN_VERSION="v4.9.0",
         OPROVER_LEAN_SERVE_DEFAULT_QUEUE="false",
         OPROVER_LEAN_CMD=lean_cmd(v4_9),
+        OPROVER_LEAN_HEADER="import Mathlib\nimport FancyLib",
     )
     with service.client() as client:
         result = client.post("/v1/verify", json={"code": PROOF["proof"], "lean_version": "v4.9.0"}).json()
+        # The gateway knows what each version's workers import from what they announce.
+        fancy = {"formal_statement": STATEMENT, "header": "import Mathlib\nimport FancyLib"}
+        fancy_v4_9 = client.post("/v1/prove", json={**fancy, "lean_version": "v4.9.0"})
+        fancy_default = client.post("/v1/prove", json=fancy)
+    assert fancy_v4_9.status_code == 202, fancy_v4_9.text
+    assert fancy_default.status_code == 400 and fancy_default.json()["error"]["param"] == "header"
+    with service.client() as client:
         unknown = client.post("/v1/verify", json={"code": PROOF["proof"], "lean_version": "v4.99.0"})
         prove_unknown = client.post("/v1/prove", json={"formal_statement": STATEMENT, "lean_version": "v4.99.0"})
     assert result["verdict"] == "pass"

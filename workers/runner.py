@@ -66,6 +66,7 @@ from rq.utils import now
 from rq.worker import SimpleWorker, WorkerStatus
 
 from services import jsonlog, lean_workers, redis_clients
+from services.lean.policy import header_parts
 from workers import context
 from workers.context import WorkerContext
 
@@ -444,6 +445,8 @@ class WorkerPool:
             "version": self.ctx.settings.lean.version,
             "queues": self.queues,
             "concurrency": self.concurrency,
+            # What its REPLs import: the gateway refuses (400) a header of this version that imports anything else.
+            "imports": header_parts(self.ctx.settings.lean.header)[0],
             **self.ctx.checker.versions(),
         }
         try:
