@@ -471,6 +471,9 @@ def _follow(client: Any, job_id: str, outage: _Outage, deadline: float | None) -
                         outage.answered()
                         event: dict[str, str] = {}
                         for line in stream.iter_lines():
+                            # Keep-alive comments reset the read limit, so the deadline is looked at per line.
+                            if (left := _remaining(deadline)) is not None and left <= 0:
+                                return None
                             if line.startswith(":"):
                                 continue
                             if line:
