@@ -3,13 +3,12 @@ cannot be sure), since every check of the text policy runs on its blanked output
 
 from __future__ import annotations
 
-import time
-
 import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from services.leantext import blank_comments_and_strings, lex
+from tests.cpu_time import cpu_seconds
 
 
 @pytest.mark.parametrize(
@@ -162,9 +161,7 @@ def _cpu_seconds(function, unit: str, size: int) -> float:
     text = (unit * (size // len(unit) + 1))[:size]
     times = []
     for _ in range(2):
-        started = time.process_time()
-        function(text)
-        times.append(time.process_time() - started)
+        times.append(cpu_seconds(function, text))
     return min(times)
 
 
