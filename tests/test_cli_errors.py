@@ -167,6 +167,7 @@ def test_ctrl_c_of_prove_cancels_its_job_and_exits_130(harness: ServiceHarness, 
     finally:
         if prove.poll() is None:
             prove.kill()
+            prove.communicate()
     assert prove.returncode == 130
     assert "Traceback" not in stderr
     [job] = job_ids(harness)
