@@ -21,7 +21,7 @@ import os
 import queue
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Any
@@ -253,7 +253,7 @@ class ReplPool:
         pooled = False
         repl: Repl | None = None
         try:
-            repl = self._take_unused()
+            repl = self._take_ready(lambda repl: repl.checks == 0)
             pooled = repl is not None
             if repl is None:
                 try:
@@ -270,8 +270,8 @@ class ReplPool:
                     repl.process.kill()
             self._slots.release()
 
-    def _take_unused(self) -> Repl | None:
-        """A ready REPL that has run no check, if there is one (the others go back in the queue)."""
+    def _take_ready(self, wanted: Callable[[Repl], bool]) -> Repl | None:
+        """A ready, live REPL that `wanted` accepts, if there is one (the others go back in the queue)."""
         seen: list[Repl] = []
         found: Repl | None = None
         while True:
@@ -279,7 +279,7 @@ class ReplPool:
                 repl = self._ready.get_nowait()
             except queue.Empty:
                 break
-            if found is None and repl.checks == 0 and repl.process.alive():
+            if found is None and wanted(repl) and repl.process.alive():
                 found = repl
             else:
                 seen.append(repl)
@@ -306,28 +306,11 @@ class ReplPool:
             if repl.checks == 0:
                 # Keep REPLs that ran no check for `fresh()` (a claimed pass is repeated there) while a used one
                 # is ready: the spare then costs no import when a pass needs it.
-                used = self._take_used()
+                used = self._take_ready(lambda repl: repl.checks > 0)
                 if used is not None:
                     self._ready.put(repl)
                     return used
             return repl
-
-    def _take_used(self) -> Repl | None:
-        """A ready, live REPL that has run checks, if there is one (the others go back in the queue)."""
-        seen: list[Repl] = []
-        found: Repl | None = None
-        while True:
-            try:
-                repl = self._ready.get_nowait()
-            except queue.Empty:
-                break
-            if found is None and repl.checks > 0 and repl.process.alive():
-                found = repl
-            else:
-                seen.append(repl)
-        for repl in seen:
-            self._ready.put(repl)
-        return found
 
     def _raise_if_hopeless(self, *, any_ready: bool) -> None:
         with self._lock:
