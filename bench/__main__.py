@@ -139,7 +139,7 @@ def main(argv: list[str] | None = None) -> int:
     header = (
         f"Written by `{command.strip()}` (`make bench` runs them all) on {now}.\n\n"
         f"- machine: {_machine()}\n- versions: {_versions()}\n"
-        "- the model and Lean are stand-ins (tests/standins/): these numbers measure the service around them, "
+        "- the model and Lean are stand-ins (standins/): these numbers measure the service around them, "
         "never the model's or Lean's speed\n"
     )
     out = Path(args.out)

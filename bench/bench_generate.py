@@ -1,6 +1,6 @@
 """Does the service keep the GPU busy? A fixed-capacity stand-in generator, and proof jobs through the real service.
 
-The stand-in (tests/standins/openai_server.py, capacity mode) serves at most C requests at once, each taking L
+The stand-in (standins/openai_server.py, capacity mode) serves at most C requests at once, each taking L
 seconds, and queues the rest: a GPU server reduced to its throughput. In front of it run the real processes: a
 redis-server, the gateway (`oprover serve`) and W generate workers (`oprover worker generate --concurrency N`).
 Jobs go in through `POST /v1/prove` like a client's.
@@ -50,7 +50,7 @@ from rq import Worker
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.standins.openai_server import StandinServer  # noqa: E402 - after the path set-up above
+from standins.openai_server import StandinServer  # noqa: E402 - after the path set-up above
 
 STATEMENT = "theorem bench_{i} (a b : ℝ) (h : a = b + {i}) : a - b = {i} := by sorry"
 ANSWER = (

@@ -29,8 +29,8 @@ from services.domain import Verdict
 from services.lean import LeanChecker
 from services.lean.process import ReplProcess, SandboxConfig
 from services.settings import DEFAULT_LEAN_HEADER, LeanSettings
-from tests.standins.fake_repl import lean_cmd, write_table
-from tests.standins.fake_replay import replay_cmd, write_replay_table
+from standins.fake_repl import lean_cmd, write_table
+from standins.fake_replay import replay_cmd, write_replay_table
 
 STATEMENT = "theorem bench_thm (x : ℝ) (h : 0 < x) : 0 < x ^ 2 := by sorry"
 PROOF = "theorem bench_thm (x : ℝ) (h : 0 < x) : 0 < x ^ 2 := by\n  positivity\n"

@@ -2,7 +2,7 @@
 
 Everything runs here: a redis-server of its own, the gateway, one generate and one verify worker (the real
 processes, started as tests/harness.py starts them), a zero-latency stand-in generator and the stand-in REPL with
-zero check time (tests/standins/: their answers are not the model's or Lean's). Rows:
+zero check time (standins/: their answers are not the model's or Lean's). Rows:
 
 * per round, service: a proof job of one chain and R rounds whose every attempt fails, so all R rounds run; its
   wall time (created -> finished) / R;

@@ -2,7 +2,7 @@
 
 Every process is started the way an operator starts it (`python -m api.cli ...` with `OPROVER_*` variables),
 logs to a file in the test's tmp dir, and is stopped at teardown. The stand-ins are the test's, never the
-model's or Lean's: tests/standins/.
+model's or Lean's: standins/.
 """
 
 from __future__ import annotations
@@ -24,9 +24,9 @@ import redis
 from rq import Queue, Worker
 
 from services.domain import TERMINAL_STATUSES
-from tests.standins.fake_repl import lean_cmd, write_table
-from tests.standins.fake_replay import replay_cmd, write_replay_table
-from tests.standins.openai_server import StandinServer
+from standins.fake_repl import lean_cmd, write_table
+from standins.fake_replay import replay_cmd, write_replay_table
+from standins.openai_server import StandinServer
 
 ROOT = Path(__file__).resolve().parents[1]
 TERMINAL = {status.value for status in TERMINAL_STATUSES}

@@ -1,7 +1,7 @@
 """Backpressure: while the queues are too deep (or their oldest round too old) a new job gets a 503 with
 `retry-after`; the jobs admitted before all finish, and the door opens again once the backlog drains.
 
-Real Redis, gateway and workers; the model and Lean are stand-ins (tests/standins/) taking seconds like the real
+Real Redis, gateway and workers; the model and Lean are stand-ins (standins/) taking seconds like the real
 parts. The workers start only after the queue has filled, as when a flood arrives faster than they drain it.
 """
 

@@ -1,7 +1,7 @@
 """Priorities: an interactive request (`?wait=`, chat) is not stuck behind another key's big batch: its rounds go
 to the queue generate workers take first.
 
-Real Redis, gateway and workers; the model and Lean are stand-ins (tests/standins/) taking seconds like the real
+Real Redis, gateway and workers; the model and Lean are stand-ins (standins/) taking seconds like the real
 parts. One generate slot, so the order in which rounds are taken is the order in which jobs finish.
 """
 

@@ -1,6 +1,6 @@
 """`POST /v1/prove/batch`: a JSON list or JSONL of `/v1/prove` bodies becomes jobs, all or none.
 
-Real Redis, gateway and workers; the model and Lean are stand-ins (tests/standins/) that take seconds, as the
+Real Redis, gateway and workers; the model and Lean are stand-ins (standins/) that take seconds, as the
 real parts do. Statements are real MiniF2F data (tests/golden/).
 """
 

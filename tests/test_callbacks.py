@@ -1,6 +1,6 @@
 """Signed callbacks: a finished job with a `callback_url` is POSTed there once, retried with backoff, never
 holding the job up. Real Redis and a real HTTP receiver on this machine; the end-to-end test runs the gateway
-and workers with stand-ins (tests/standins/) that take seconds, as the real parts do."""
+and workers with stand-ins (standins/) that take seconds, as the real parts do."""
 
 from __future__ import annotations
 

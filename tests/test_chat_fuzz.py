@@ -1,7 +1,7 @@
 """Schemathesis over the chat door, the batch and the model list: no input produces a server error, and every
 error leaves in the envelope. Unlike tests/test_api_fuzz.py, workers run here, so the jobs that fuzzed chat
 requests do create end (the stand-in REPL judges everything `error`), and `oprover` chats are answered; a
-generated request naming another model is relayed to the stand-in generator (tests/standins/)."""
+generated request naming another model is relayed to the stand-in generator (standins/)."""
 
 from __future__ import annotations
 

@@ -1,7 +1,7 @@
 """The chat door through the official clients: the `openai` SDK and LangChain's `ChatOpenAI` against the gateway.
 
 Real Redis, real worker processes and the gateway over HTTP; the model and Lean are stand-ins
-(tests/standins/), scripted per test — their answers are not the model's or Lean's. The statement and the
+(standins/), scripted per test — their answers are not the model's or Lean's. The statement and the
 passing proof are real MiniF2F data (tests/golden/, copied from ../shared/data).
 """
 

@@ -1,6 +1,6 @@
 """Any model but `oprover` is relayed to the generator: same answers, same stream, the generator's errors.
 
-The generator is the stand-in OpenAI-compatible server (tests/standins/openai_server.py): its answers are
+The generator is the stand-in OpenAI-compatible server (standins/openai_server.py): its answers are
 scripted here and are not a model's.
 """
 

@@ -10,10 +10,10 @@ import sys
 import time
 from pathlib import Path
 
+from standins.fake_repl import lean_cmd, write_table
+from standins.openai_server import StandinServer
 from tests.harness import ROOT, OproverUp
 from tests.shared_data import shared_path
-from tests.standins.fake_repl import lean_cmd, write_table
-from tests.standins.openai_server import StandinServer
 
 SAMPLE = shared_path("verified_proofs_sample.jsonl")
 

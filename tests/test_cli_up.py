@@ -21,10 +21,10 @@ import psutil
 import pytest
 import redis
 
+from standins.fake_repl import lean_cmd, write_table
+from standins.fake_replay import replay_cmd, write_replay_table
+from standins.openai_server import StandinServer
 from tests.conftest import free_port
-from tests.standins.fake_repl import lean_cmd, write_table
-from tests.standins.fake_replay import replay_cmd, write_replay_table
-from tests.standins.openai_server import StandinServer
 
 pytestmark = pytest.mark.slow
 

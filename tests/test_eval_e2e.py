@@ -1,5 +1,5 @@
 """`oprover eval` end to end: the real gateway, workers and Redis, the stand-in generator and REPL
-(tests/standins/: their answers are the test's script, not the model's or Lean's). Real MiniF2F statements.
+(standins/: their answers are the test's script, not the model's or Lean's). Real MiniF2F statements.
 
 Each problem's samples are scripted to pass a known number of times (the generator's `times`), so pass@k is
 known by hand; a run killed half-way (SIGKILL, no chance to clean up) and run again with the same --out ends
@@ -176,9 +176,9 @@ def test_eval_against_oprover_up_with_the_shipped_defaults_and_real_latencies(re
     """`oprover up` as shipped (only where Redis, the generator and the REPL are), a generator answering in 3 s
     and a REPL that takes 2 s to start and 1 s a check: one problem is proved in round 1 by every sample, the
     other in round 2 after Lean's feedback, so pass@k is 100% and the solves by round are 1 then 2."""
+    from standins.fake_repl import lean_cmd, write_table
+    from standins.openai_server import StandinServer
     from tests.harness import OproverUp
-    from tests.standins.fake_repl import lean_cmd, write_table
-    from tests.standins.openai_server import StandinServer
 
     message = "linarith failed to find a contradiction"
     first, second = _bench(tmp_path).read_text().splitlines()[:2]

@@ -1,5 +1,5 @@
 """`oprover export trajectories` on stand-in runs: real gateway, workers and Redis; the stand-in
-generator and REPL (tests/standins/) answer from the test's script, not as the model or Lean would.
+generator and REPL (standins/) answer from the test's script, not as the model or Lean would.
 
 The examples' prompts are checked against the requests the stand-in generator actually received, byte for
 byte; the proofs file is read back by the memory's importer; an export cut short is resumed to the same files.

@@ -18,7 +18,7 @@ from services.generation import (
     parse_retry_after,
 )
 from services.settings import GeneratorSettings
-from tests.standins.openai_server import StandinServer
+from standins.openai_server import StandinServer
 
 SAMPLING = Sampling(temperature=0.6, top_p=0.95, max_tokens=512, stop=("<|im_end|>",))
 MESSAGES = [{"role": "user", "content": "Complete the following Lean 4 code: theorem t : True := by sorry"}]

@@ -9,7 +9,7 @@ import httpx
 import openai
 import pytest
 
-from tests.standins.openai_server import StandinServer
+from standins.openai_server import StandinServer
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,6 @@
 """Idempotent submission: a retry with the same `Idempotency-Key` gets the job(s) the first request created.
 
-Real Redis, gateway and workers; the model and Lean are stand-ins (tests/standins/) taking seconds like the real
+Real Redis, gateway and workers; the model and Lean are stand-ins (standins/) taking seconds like the real
 parts, with the shipped defaults except the API keys.
 """
 

@@ -19,7 +19,7 @@ from api.launch import LaunchError, ModelServer, SGLangLaunch, lean_env_for_up, 
 from tests.conftest import free_port
 
 ROOT = Path(__file__).resolve().parents[1]
-STANDIN = f"{sys.executable} -m tests.standins.openai_server --port {{port}}"
+STANDIN = f"{sys.executable} -m standins.openai_server --port {{port}}"
 
 
 def test_sglang_command_has_the_images_flags(tmp_path):

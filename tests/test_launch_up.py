@@ -20,10 +20,10 @@ import httpx
 import psutil
 import pytest
 
+from standins.fake_repl import lean_cmd, write_table
+from standins.fake_replay import replay_cmd, write_replay_table
 from tests.conftest import free_port
 from tests.harness import ROOT
-from tests.standins.fake_repl import lean_cmd, write_table
-from tests.standins.fake_replay import replay_cmd, write_replay_table
 
 pytestmark = pytest.mark.slow
 
@@ -73,7 +73,7 @@ def test_up_launches_the_model_server_proves_and_stops_it(redis_url, tmp_path):
             "OPROVER_LEAN_REPLAY_CMD": replay_cmd(write_replay_table(tmp_path / "replay-table.json")),
             "OPROVER_LEAN_CWD": str(tmp_path),
             "OPROVER_QDRANT_PATH": str(tmp_path / "qdrant"),
-            "OPROVER_SGLANG_CMD": f"{sys.executable} -m tests.standins.openai_server --port {{port}}",
+            "OPROVER_SGLANG_CMD": f"{sys.executable} -m standins.openai_server --port {{port}}",
             "OPROVER_SGLANG_PORT": str(model_port),
         }
     )
@@ -104,7 +104,7 @@ def test_up_launches_the_model_server_proves_and_stops_it(redis_url, tmp_path):
         assert "oprover_generations_total" in httpx.get(f"http://127.0.0.1:{port + 1}/metrics", timeout=5).text
         assert "oprover_lean_pool_size" in httpx.get(f"http://127.0.0.1:{port + 2}/metrics", timeout=5).text
         model = _listeners(model_port)
-        assert len(model) == 1 and "tests.standins.openai_server" in " ".join(model[0].cmdline())
+        assert len(model) == 1 and "standins.openai_server" in " ".join(model[0].cmdline())
         admin = httpx.Client(base_url=f"http://127.0.0.1:{model_port}", timeout=10)
         admin.post(
             "/_admin/script", json={"rules": [], "default": {"content": f"```lean4\n{GOOD}\n```", "delay_s": 3.0}}

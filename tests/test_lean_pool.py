@@ -11,8 +11,8 @@ import pytest
 from services.domain import Verdict
 from services.errors import LeanError, RequestError
 from services.lean import LeanChecker
+from standins.fake_repl import write_table
 from tests.lean_cases import GOOD_PROOF, PASS_POSITIVITY, STATEMENT, lean_settings, stand_in_checker
-from tests.standins.fake_repl import write_table
 
 RULES: list[dict[str, Any]] = [
     {"match": "HANG_ME", "outcome": "hang"},

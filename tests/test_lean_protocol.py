@@ -9,8 +9,8 @@ from pathlib import Path
 import pytest
 
 from services.lean.protocol import Pos, ProtocolError, decode_reply, encode_command, parse_reply, split_replies
+from standins.fake_repl import lean_cmd, render_json, write_table
 from tests.shared_data import shared_path
-from tests.standins.fake_repl import lean_cmd, render_json, write_table
 
 TRANSCRIPTS = shared_path("repl_transcripts")
 INDEX = json.loads((TRANSCRIPTS / "index.json").read_text(encoding="utf-8"))

@@ -1,8 +1,8 @@
 """Only the kernel replay can say `pass`: the trusted path against stand-ins at the protocol boundary.
 
-The stand-in REPL (tests/standins/fake_repl.py) writes the environment it really holds on `pickleTo`, and can lie
+The stand-in REPL (standins/fake_repl.py) writes the environment it really holds on `pickleTo`, and can lie
 in its replies (`lie`), keep lying after a check (`plant`) or forge a reply ahead (`forge`); the stand-in replay
-(tests/standins/fake_replay.py) is a real executable speaking the replay program's protocol, its "kernel" judging
+(standins/fake_replay.py) is a real executable speaking the replay program's protocol, its "kernel" judging
 each constant by its own table. The `lean`-marked tests at the end run the real replay program on real Lean in the
 Lean image and fail loudly elsewhere.
 """
@@ -23,10 +23,10 @@ from services.domain import Verdict
 from services.lean.protocol import decode_reply, encode_pickle, split_replies
 from services.lean.replay import PickleError, name_parts, new_workdir, read_verdict, run_replay, take_pickle
 from services.settings import LeanSettings
+from standins.fake_repl import lean_cmd, write_table
+from standins.fake_replay import replay_cmd, write_replay_table
 from tests.lean_cases import GOOD_PROOF, PASS_POSITIVITY, STATEMENT, stand_in_checker
 from tests.shared_data import shared_path
-from tests.standins.fake_repl import lean_cmd, write_table
-from tests.standins.fake_replay import replay_cmd, write_replay_table
 
 GARBAGE = "theorem target_thm (x : ℝ) (h : 0 < x) : 0 < x ^ 2 := by\n  simp_all [garbage_lemma]\n"
 

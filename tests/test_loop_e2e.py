@@ -1,6 +1,6 @@
 """The proving loop end to end: real Redis, real RQ worker processes, the gateway over HTTP.
 
-The model and Lean are stand-ins (tests/standins/): their answers are scripted per test and are not Lean's or
+The model and Lean are stand-ins (standins/): their answers are scripted per test and are not Lean's or
 the model's. The statements and the passing proof are real MiniF2F data from ../shared/data.
 """
 

@@ -1,4 +1,4 @@
-"""The optional dense vector, against a real OpenAI-compatible embeddings process (tests/standins)."""
+"""The optional dense vector, against a real OpenAI-compatible embeddings process (standins)."""
 
 from __future__ import annotations
 
@@ -18,8 +18,8 @@ from services.errors import MemoryError_
 from services.memory import ProofMemory, VerifiedProof
 from services.memory.store import OVERFETCH
 from services.settings import QdrantSettings
+from standins.embeddings_server import embed
 from tests.shared_data import shared_path
-from tests.standins.embeddings_server import embed
 
 ROOT = Path(__file__).resolve().parents[1]
 DIM = 48
@@ -28,7 +28,7 @@ DIM = 48
 class Standin:
     def __init__(self) -> None:
         self.process = subprocess.Popen(
-            [sys.executable, "tests/standins/embeddings_server.py", "--port", "0", "--dim", str(DIM)],
+            [sys.executable, "standins/embeddings_server.py", "--port", "0", "--dim", str(DIM)],
             cwd=ROOT,
             stdout=subprocess.PIPE,
             text=True,

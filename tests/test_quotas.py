@@ -1,7 +1,7 @@
 """Per-key quotas in Redis: requests per minute, jobs in flight, generated tokens per day. Each gives a 429 with
 `retry-after` naming the limit; other keys are not affected.
 
-Real Redis, gateway and workers; the model and Lean are stand-ins (tests/standins/) taking seconds like the real
+Real Redis, gateway and workers; the model and Lean are stand-ins (standins/) taking seconds like the real
 parts. Each test uses its own key, so the quotas it fills are its own.
 """
 

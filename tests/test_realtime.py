@@ -8,7 +8,7 @@ What breaks only at such latencies: a client socket timeout shorter than a block
 below the number of threads that block on it, a stream that dies when nothing happens for a minute, a generation
 requested twice because in-flight streams failed together.
 
-The stand-ins are the test's (tests/standins/), never the model's or Lean's. One `oprover up` serves the module
+The stand-ins are the test's (standins/), never the model's or Lean's. One `oprover up` serves the module
 (database 14 of the session's Redis). The tests run one after another, each with theorems of its own (the stand-ins
 answer by statement), and each reads the log lines `up` and its children wrote while it ran; only the quiet minute
 of the event-stream test, a wait on Lean, passes in the background while the load tests keep the generate worker
@@ -33,9 +33,9 @@ import httpx
 import pytest
 import redis
 
+from standins.fake_repl import lean_cmd, write_table
+from standins.openai_server import StandinServer
 from tests.harness import TERMINAL, OproverUp
-from tests.standins.fake_repl import lean_cmd, write_table
-from tests.standins.openai_server import StandinServer
 
 pytestmark = [pytest.mark.realtime, pytest.mark.slow]
 

@@ -1,7 +1,7 @@
 """Tenancy: a job belongs to the key that created it; another key sees a 404; admin keys see all; keys never
 appear in Redis or in any process's log.
 
-Real Redis, gateway and workers; the model and Lean are stand-ins (tests/standins/) taking seconds, like the
+Real Redis, gateway and workers; the model and Lean are stand-ins (standins/) taking seconds, like the
 real parts, with the shipped defaults except the keys.
 """
 

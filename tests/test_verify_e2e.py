@@ -1,6 +1,6 @@
 """`POST /v1/verify` and `oprover verify` through the verify queue, and Lean versions side by side.
 
-The REPL is the stand-in (tests/standins/fake_repl.py): its verdicts come from the test's table, not from Lean.
+The REPL is the stand-in (standins/fake_repl.py): its verdicts come from the test's table, not from Lean.
 """
 
 from __future__ import annotations
@@ -18,9 +18,9 @@ from rq.job import Job
 from rq.serializers import JSONSerializer
 
 from services.settings import Settings
+from standins.fake_repl import lean_cmd, write_table
 from tests.harness import ROOT, ServiceHarness
 from tests.shared_data import golden_record
-from tests.standins.fake_repl import lean_cmd, write_table
 from workers.dispatch import Dispatcher
 
 pytestmark = pytest.mark.slow

@@ -26,9 +26,9 @@ from rq.utils import now, utcformat
 
 from services import redis_clients
 from services.store import JobStore, pop_verify_result
+from standins.openai_server import StandinServer
 from tests.conftest import free_port
 from tests.harness import ServiceHarness
-from tests.standins.openai_server import StandinServer
 from workers.runner import SlotWorker
 
 STATEMENT = "theorem runtime_{i} (a b : ℕ) (h : a = b + {i}) : a - b = {i} := by sorry"

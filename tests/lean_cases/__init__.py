@@ -10,9 +10,9 @@ from typing import Any
 
 from services.lean import LeanChecker
 from services.settings import LeanSettings
+from standins.fake_repl import lean_cmd, write_table
+from standins.fake_replay import replay_cmd, write_replay_table
 from tests.shared_data import shared_path
-from tests.standins.fake_repl import lean_cmd, write_table
-from tests.standins.fake_replay import replay_cmd, write_replay_table
 
 CASES = Path(__file__).parent
 EXPLOITS = CASES / "exploits"

@@ -1,7 +1,7 @@
 """A stand-in for the leanprover-community/repl binary: same protocol, verdicts from a per-test table.
 
-Run as ``python -m tests.standins.fake_repl --table TABLE.json`` (or as a script: ``python
-tests/standins/fake_repl.py --table TABLE.json``). It is a real process that speaks the repl's JSON protocol on
+Run as ``python -m standins.fake_repl --table TABLE.json`` (or as a script: ``python
+standins/fake_repl.py --table TABLE.json``). It is a real process that speaks the repl's JSON protocol on
 stdin/stdout the way the real binary does (REPL/Main.lean):
 
 * a request is read line by line up to the first blank line; lines are right-trimmed and joined, so a raw
@@ -37,7 +37,7 @@ type ``#check`` prints is the declaration's own text (``∀ binders, type``, lay
 
 ``{"pickleTo": PATH, "env": N}`` writes environment N as the repl does (reply ``{"env": N}``), but as JSON: its
 root's imports and, per declared constant, what the environment really holds (name, kind, type, value = the
-declaration's text, axioms). That is what `tests/standins/fake_replay.py`, the stand-in kernel replay, reads.
+declaration's text, axioms). That is what `standins/fake_replay.py`, the stand-in kernel replay, reads.
 Table option ``pickle`` makes the file hostile (``missing``, ``garbage``, ``huge``, ``symlink``, ``fifo``,
 ``error``).
 

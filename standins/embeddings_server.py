@@ -1,6 +1,6 @@
 """A stand-in OpenAI-compatible embeddings server: `GET /v1/models`, `POST /v1/embeddings`.
 
-Run it as a process: `python tests/standins/embeddings_server.py [--port 0] [--dim 64] [--model NAME]`.
+Run it as a process: `python standins/embeddings_server.py [--port 0] [--dim 64] [--model NAME]`.
 It prints `listening on http://127.0.0.1:PORT/v1` once ready, then serves until killed.
 
 The embedding of a text is deterministic and needs no model: character trigrams hashed into `dim`

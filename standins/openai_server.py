@@ -8,7 +8,7 @@ response id with `standin-`.
 
 Run it as a process:
 
-    python -m tests.standins.openai_server --port 0 [--capacity C --latency-s L] [--model standin-oprover]
+    python -m standins.openai_server --port 0 [--capacity C --latency-s L] [--model standin-oprover]
 
 It prints one line `standin-openai listening on http://HOST:PORT` once it accepts connections (so `--port 0`
 works), then serves until SIGTERM/SIGINT.
@@ -457,7 +457,7 @@ class StandinServer:
         model: str = DEFAULT_MODEL,
         start_timeout_s: float = 20.0,
     ) -> None:
-        cmd = [sys.executable, "-m", "tests.standins.openai_server", "--port", "0", "--model", model]
+        cmd = [sys.executable, "-m", "standins.openai_server", "--port", "0", "--model", model]
         if capacity:
             cmd += ["--capacity", str(capacity), "--latency-s", str(latency_s)]
         self.process = subprocess.Popen(cmd, stdout=subprocess.PIPE, text=True)

@@ -1,9 +1,9 @@
 """A stand-in for the kernel replay program (services/lean/lean_files/OproverReplay.lean): same protocol, verdicts
 from a per-test table. It never runs Lean's kernel.
 
-Run as ``python tests/standins/fake_replay.py --table-json TABLE REQUEST.json``, exactly like the real program
+Run as ``python standins/fake_replay.py --table-json TABLE REQUEST.json``, exactly like the real program
 (``oprover-replay REQUEST.json``). The request names the environment files the REPL wrote with ``pickleTo`` (here
-the JSON that `tests/standins/fake_repl.py` writes instead of an .olean), the modules they must sit on, the
+the JSON that `standins/fake_repl.py` writes instead of an .olean), the modules they must sit on, the
 theorems to judge and the axioms permitted. The last line on stdout is the verdict::
 
     {"ok": true, "replayed": 2, "theorems": [{"name": "t", "axioms": ["propext"], "typeMatches": true}],
@@ -37,7 +37,7 @@ from pathlib import Path
 from typing import Any
 
 try:
-    from tests.standins.fake_repl import PICKLE_FORMAT, _shared_python
+    from standins.fake_repl import PICKLE_FORMAT, _shared_python
 except ImportError:  # run as a script: its own directory is on sys.path
     from fake_repl import PICKLE_FORMAT, _shared_python  # type: ignore[no-redef]
 
