@@ -3,6 +3,7 @@
     python -m bench                      # all of them, sizes bounded for a small shared machine (minutes)
     python -m bench --only lean,latency  # some of them
     python -m bench --full               # each benchmark at its own defaults (long: the memory bench imports 1M)
+    python -m bench --only load          # 500 concurrent proof jobs through `oprover up` (about 10 minutes)
 
 Each benchmark is its own script in this package (run alone with `python bench/<name>.py --help`); this entry
 runs them one after another as subprocesses, so one's processes and memory are gone before the next starts,
@@ -47,6 +48,13 @@ BENCHMARKS: dict[str, tuple[str, list[str], str]] = {
         "bench_memory.py",
         ["--sizes", "20000", "--queries", "100"],
         "Import rate, open time and retrieval latency of the proof memory",
+    ),
+    "load": (
+        "load.py",
+        # One REPL per core (2 here) would need over an hour for 500 jobs' checks: the table prints the change.
+        ["--jobs", "500", "--verify-slots", "32"],
+        "500 proof jobs at once through `oprover up` against stand-ins at real latencies: errors, latency against "
+        "the floor, peak memory and Redis connections, and that nothing was lost",
     ),
 }
 # A benchmark's block in the page: `python -m bench --only NAME` rewrites that block alone.

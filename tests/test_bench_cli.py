@@ -27,4 +27,4 @@ def test_an_unknown_benchmark_is_refused_naming_the_known_ones() -> None:
         [sys.executable, "-m", "bench", "--only", "nope"], cwd=ROOT, capture_output=True, text=True, timeout=60
     )
     assert run.returncode == 2
-    assert "unknown benchmark(s) nope; known: latency, lean, generate, memory" in run.stderr
+    assert "unknown benchmark(s) nope; known: latency, lean, generate, memory, load" in run.stderr
