@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import contextlib
+from collections.abc import Iterator, Sequence
 from pathlib import Path
+from typing import Any
 
 from api.evaluation import ProblemResult, summarize
 
@@ -17,34 +19,33 @@ def write_plots(results: Sequence[ProblemResult], directory: Path) -> list[Path]
 
     summary = summarize(results)
     directory.mkdir(parents=True, exist_ok=True)
-    written = []
 
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    ks = list(summary.pass_at)
-    ax.plot(ks, [100 * summary.pass_at[k] for k in ks], marker="o")
-    ax.set_xscale("log", base=2)
-    ax.set_xticks(ks, [str(k) for k in ks])
-    ax.set_xlabel("k (samples)")
-    ax.set_ylabel("pass@k (%)")
-    ax.set_title(f"pass@k, unbiased from n = {summary.n}, {summary.problems} problems")
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    path = directory / "pass_at_k.png"
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    written.append(path)
+    @contextlib.contextmanager
+    def chart(name: str, *, title: str, xlabel: str, ylabel: str) -> Iterator[Any]:
+        """One small chart: the caller draws on the axes it gets; labelled, gridded and written to `name`."""
+        fig, ax = plt.subplots(figsize=(5, 3.5))
+        try:
+            yield ax
+            ax.set_xlabel(xlabel)
+            ax.set_ylabel(ylabel)
+            ax.set_title(title)
+            ax.grid(alpha=0.3)
+            fig.tight_layout()
+            fig.savefig(directory / name, dpi=120)
+        finally:
+            plt.close(fig)
+        written.append(directory / name)
 
-    fig, ax = plt.subplots(figsize=(5, 3.5))
-    rounds = list(summary.solved_by_round)
-    ax.step(rounds, [summary.solved_by_round[r] for r in rounds], where="post", marker="o")
-    ax.set_xlabel("round")
-    ax.set_ylabel("problems solved (cumulative)")
-    ax.set_ylim(0, summary.problems)
-    ax.set_title(f"solves by round, {summary.problems} problems")
-    ax.grid(alpha=0.3)
-    fig.tight_layout()
-    path = directory / "solves_by_round.png"
-    fig.savefig(path, dpi=120)
-    plt.close(fig)
-    written.append(path)
+    written: list[Path] = []
+    title = f"pass@k, unbiased from n = {summary.n}, {summary.problems} problems"
+    with chart("pass_at_k.png", title=title, xlabel="k (samples)", ylabel="pass@k (%)") as ax:
+        ks = list(summary.pass_at)
+        ax.plot(ks, [100 * summary.pass_at[k] for k in ks], marker="o")
+        ax.set_xscale("log", base=2)
+        ax.set_xticks(ks, [str(k) for k in ks])
+    title = f"solves by round, {summary.problems} problems"
+    with chart("solves_by_round.png", title=title, xlabel="round", ylabel="problems solved (cumulative)") as ax:
+        rounds = list(summary.solved_by_round)
+        ax.step(rounds, [summary.solved_by_round[r] for r in rounds], where="post", marker="o")
+        ax.set_ylim(0, summary.problems)
     return written

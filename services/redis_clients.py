@@ -25,6 +25,8 @@ The rules here instead:
 
 from __future__ import annotations
 
+from typing import Any
+
 import redis
 import redis.asyncio
 import redis.asyncio.retry
@@ -55,8 +57,8 @@ WORKER_EXTRA_CONNECTIONS = 8
 GATEWAY_SYNC_CONNECTIONS = 48
 
 
+# Only a dropped connection is retried (see above); the asyncio client raises the same exception classes.
 _RETRIED = (redis.exceptions.ConnectionError,)
-_RETRIED_ASYNC = (redis.exceptions.ConnectionError,)
 
 
 def socket_timeout_for(block_s: float) -> float:
@@ -69,18 +71,29 @@ def worker_pool_size(concurrency: int) -> int:
     return concurrency + WORKER_EXTRA_CONNECTIONS
 
 
+def _pool_options(*, name: str, max_connections: int, block_s: float) -> dict[str, Any]:
+    """What every pool here is built with, sync or async (the module's docstring says why each)."""
+    return {
+        "max_connections": max_connections,
+        "timeout": POOL_WAIT_S,
+        "socket_timeout": socket_timeout_for(block_s),
+        "socket_connect_timeout": CONNECT_TIMEOUT_S,
+        "socket_keepalive": True,
+        "health_check_interval": HEALTH_CHECK_INTERVAL_S,
+        "client_name": name,
+    }
+
+
+def _backoff() -> ExponentialWithJitterBackoff:
+    return ExponentialWithJitterBackoff(base=0.1, cap=1.0)
+
+
 def sync_client(url: str, *, name: str, max_connections: int, block_s: float = 0) -> redis.Redis:
     """A thread-safe client for `max_connections` concurrent users whose longest blocking read is `block_s`."""
     pool = redis.BlockingConnectionPool.from_url(
         url,
-        max_connections=max_connections,
-        timeout=POOL_WAIT_S,
-        socket_timeout=socket_timeout_for(block_s),
-        socket_connect_timeout=CONNECT_TIMEOUT_S,
-        socket_keepalive=True,
-        health_check_interval=HEALTH_CHECK_INTERVAL_S,
-        client_name=name,
-        retry=Retry(ExponentialWithJitterBackoff(base=0.1, cap=1.0), RETRIES, supported_errors=_RETRIED),
+        **_pool_options(name=name, max_connections=max_connections, block_s=block_s),
+        retry=Retry(_backoff(), RETRIES, supported_errors=_RETRIED),
     )
     return redis.Redis.from_pool(pool)  # the client owns the pool: close() disconnects it
 
@@ -89,15 +102,7 @@ def async_client(url: str, *, name: str, max_connections: int, block_s: float = 
     """The asyncio counterpart of `sync_client`, for the gateway's event loop."""
     pool = redis.asyncio.BlockingConnectionPool.from_url(
         url,
-        max_connections=max_connections,
-        timeout=POOL_WAIT_S,
-        socket_timeout=socket_timeout_for(block_s),
-        socket_connect_timeout=CONNECT_TIMEOUT_S,
-        socket_keepalive=True,
-        health_check_interval=HEALTH_CHECK_INTERVAL_S,
-        client_name=name,
-        retry=redis.asyncio.retry.Retry(
-            ExponentialWithJitterBackoff(base=0.1, cap=1.0), RETRIES, supported_errors=_RETRIED_ASYNC
-        ),
+        **_pool_options(name=name, max_connections=max_connections, block_s=block_s),
+        retry=redis.asyncio.retry.Retry(_backoff(), RETRIES, supported_errors=_RETRIED),
     )
     return redis.asyncio.Redis.from_pool(pool)  # aclose() disconnects the pool
