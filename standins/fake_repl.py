@@ -16,7 +16,12 @@ stdin/stdout the way the real binary does (REPL/Main.lean):
   (``'N' has already been declared``), as in Lean, and a declaration proved by ``sorry`` alone gets Lean's
   ``sorry`` warning whatever the table says.
 
-It never runs Lean. It judges each command from the table, whose rules are tried in order (first match wins)::
+It never runs Lean. It judges each command from the table, whose rules are tried in order (first match wins).
+A command is what the checker sends: the header, then the theorem as the request's statement with the proof's
+body (comments and layout as written). ``match`` is a substring of it, ``regex`` a Python regular expression
+searched in it (``re.search``; a group named ``at`` marks where Lean reports the message, e.g. the failing
+tactic; else the whole match), ``always: true`` matches every command; without a match ``default`` decides (an
+outcome name, or a rule object without a match, e.g. ``{"outcome": "error", "message": "..."}``)::
 
     {"rules": [{"match": "nlinarith [sq_nonneg", "outcome": "pass"},
                {"match": "linarith", "outcome": "error", "message": "linarith failed to find a contradiction"},
@@ -48,7 +53,26 @@ elaborate); ``plant`` fails this check but lies the same way about every later c
 ``forge`` answers, then writes a second, forged reply ahead for whatever request comes next.
 
 So nobody mistakes it for Lean: it says so on stderr at start, and ``#eval Lean.versionString`` answers the table's
-``lean_version`` (default ``4.15.0-fake_repl``). Only the standard library is used, so it runs from any cwd.
+``lean_version`` (default ``4.15.0-fake_repl``; the demo's is ``4.15.0-standin``). A verify worker compares that
+with ``OPROVER_LEAN_VERSION``: the release (``4.15.0``) must be the same, a build label after ``-`` is ignored.
+
+Running it under a verify worker (``OPROVER_LEAN_CMD``; ``lean_cmd`` below builds it):
+
+* Interpreter. Only the standard library is used, so any Python 3.11+ runs it. With the sandbox on (the default,
+  ``OPROVER_LEAN_SANDBOX``; docs/lean.md) a worker running as root starts each REPL as an unprivileged user, which
+  cannot run a venv's python under ``/root`` (mode 700): ``lean_cmd`` therefore names the first of the current
+  interpreter, ``/usr/bin/python3`` and ``/usr/local/bin/python3`` that every user may execute (the file and each
+  directory above it world-executable), and that user must also be able to read this file. The table goes inline
+  (``--table-json``) for the same reason: that user may not read a test's private temp dir. With
+  ``OPROVER_LEAN_SANDBOX=false`` (what ``oprover up --demo`` sets: this stand-in runs none of the code it is sent)
+  the REPL runs as the worker's own user.
+* ``OPROVER_LEAN_CWD`` is the directory the REPL and the kernel replay run in. For real Lean it is the Mathlib
+  project (``lake env`` finds the toolchain and the compiled Mathlib from there) and where the checker reads
+  ``lake-manifest.json`` for the Mathlib revision it reports (unless ``OPROVER_LEAN_MATHLIB_VERSION`` is set). The
+  stand-ins read nothing there, so any directory their user can enter works (tests give an empty one); unset,
+  they run in the worker's own directory and the Mathlib revision is reported as ``unknown``.
+* The REPL's stderr (this stand-in's "NOT Lean" line) is kept by the pool for crash reports; its stdout is the
+  protocol.
 """
 
 from __future__ import annotations
@@ -344,7 +368,9 @@ class FakeRepl:
             elif "regex" in rule:
                 found = re.search(rule["regex"], code)
                 if found:
-                    return rule, found.span()
+                    # a group named `at` says where Lean reports the message (the failing tactic), else the match
+                    marked = "at" in found.re.groupindex and found.group("at") is not None
+                    return rule, found.span("at") if marked else found.span()
             elif rule.get("always"):
                 return rule, None
         default = self.table.get("default", "error")

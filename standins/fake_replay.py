@@ -20,7 +20,9 @@ What it does, standing in for the real program step by step:
 
 Table options for the runner's robustness tests: ``verdict`` = ``normal`` | ``garbage`` (no JSON) | ``silent``
 (nothing) | ``crash`` (SIGSEGV) | ``hang``; ``replay_s`` (time spent, as importing Mathlib costs).
-It says on stderr what it is. Standard library only.
+It says on stderr what it is. Standard library only: like `standins/fake_repl.py` (whose docstring says which
+interpreter the sandbox user can run and what ``OPROVER_LEAN_CWD`` is for), ``replay_cmd`` names an interpreter
+every user may execute and passes the table inline, and the verify worker runs it in ``OPROVER_LEAN_CWD``.
 """
 
 from __future__ import annotations

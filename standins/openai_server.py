@@ -4,25 +4,36 @@ It speaks the parts of the OpenAI chat API that SGLang and vLLM serve and that o
 `POST /v1/chat/completions` (non-stream and SSE stream, `reasoning_content` like SGLang with
 `--reasoning-parser qwen3`, `usage` with `prompt_tokens_details.cached_tokens`), `GET /v1/models` and
 `GET /health`. Every answer says it comes from a stand-in: the model id starts with `standin-` and the
-response id with `standin-`.
+response id with `standin-`. `oprover up --demo` runs it on the demo's script (api/demo.py).
 
 Run it as a process:
 
-    python -m standins.openai_server --port 0 [--capacity C --latency-s L] [--model standin-oprover]
+    python -m standins.openai_server --port 0 [--capacity C --latency-s L] [--model standin-oprover] [--script S.json]
 
 It prints one line `standin-openai listening on http://HOST:PORT` once it accepts connections (so `--port 0`
-works), then serves until SIGTERM/SIGINT.
+works), then serves until SIGTERM/SIGINT. `--script` loads a script (the body `POST /_admin/script` takes) at start.
+
+How a script answers a request. The request's "prompt" is the `content` of every message (text parts of a
+content list included) joined with newlines, in order: the system prompt, the user prompt with the retrieved
+proofs, the statement and, in a repair round, the previous attempt and Lean's errors (services/prompts/profiles/
+lays each profile's prompt out). Rules are tried in order and the first that matches answers:
+
+- `match`: a plain substring of the prompt (case and whitespace exact; `""` matches everything);
+- `regex`: instead of `match`, a Python regular expression searched in the prompt (`re.search`): what to use
+  when a substring is ambiguous, e.g. a theorem's name also appears in a retrieved proof, but only the target is
+  shown as `theorem NAME … := by sorry`;
+- `times`: how many requests the rule may answer (null: any number), so a test can script "fail once, then ...".
+
+Without a matching rule `default` answers.
 
 Admin API (JSON), set per test:
 
 - `POST /_admin/script` `{"rules": [rule, ...], "default": {"content": "...", ...}}` replaces the script.
-  A rule is `{"match": str, "content": str, "reasoning_content": str|null, "finish_reason": "stop"|"length",
-  "status": 200, "delay_s": 0, "times": int|null, "retry_after": number|null, "error_message": str|null,
-  "stream_error_after": int|null}`. The first rule whose `match` is a substring of the request's messages
-  (their contents joined with newlines) and whose `times` is not used up answers; `times: null` never runs
-  out. A rule with `status` >= 400 answers with the OpenAI error shape and a `Retry-After` header when
-  `retry_after` is set. `stream_error_after: n` cuts a stream after n content chunks with an error frame
-  (what SGLang does when a request is aborted mid-generation). Without a matching rule `default` answers.
+  A rule is `{"match": str, "regex": str|null, "content": str, "reasoning_content": str|null,
+  "finish_reason": "stop"|"length", "status": 200, "delay_s": 0, "times": int|null, "retry_after": number|null,
+  "error_message": str|null, "stream_error_after": int|null}`. A rule with `status` >= 400 answers with the
+  OpenAI error shape and a `Retry-After` header when `retry_after` is set. `stream_error_after: n` cuts a stream
+  after n content chunks with an error frame (what SGLang does when a request is aborted mid-generation).
 - `GET /_admin/requests` `{"requests": [{"body": ..., "headers": {...}, "received_at": t, "finished_at": t|null,
   "outcome": str|null}, ...]}` in order (times are `time.time()`). `outcome` is `completed`, `error` (a scripted
   status), `stream_error` (cut by `stream_error_after`) or `closed_by_client` (the client closed the connection
@@ -45,6 +56,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import re
 import signal
 import socket
 import subprocess
@@ -53,6 +65,7 @@ import time
 import uuid
 from collections.abc import AsyncIterator, Iterator
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -89,6 +102,7 @@ def _approx_tokens(text: str) -> int:
 @dataclass
 class Rule:
     match: str = ""
+    regex: str | None = None  # searched in the prompt instead of `match`
     content: str = ""
     reasoning_content: str | None = None
     finish_reason: str = "stop"
@@ -105,7 +119,18 @@ class Rule:
         unknown = set(raw) - known
         if unknown:
             raise ValueError(f"unknown rule fields: {sorted(unknown)}")
-        return cls(**raw)
+        rule = cls(**raw)
+        if rule.regex is not None:
+            try:
+                re.compile(rule.regex)
+            except re.error as exc:
+                raise ValueError(f"regex {rule.regex!r} does not compile: {exc}") from None
+        return rule
+
+    def matches(self, prompt: str) -> bool:
+        if self.regex is not None:
+            return re.search(self.regex, prompt) is not None
+        return self.match in prompt
 
 
 @dataclass
@@ -186,7 +211,7 @@ class StandinState:
 
     def pick(self, prompt: str) -> Rule:
         for rule in self.rules:
-            if rule.match in prompt and (rule.times is None or rule.times > 0):
+            if (rule.times is None or rule.times > 0) and rule.matches(prompt):
                 if rule.times is not None:
                     rule.times -= 1
                 return rule
@@ -208,6 +233,13 @@ class StandinState:
                     hi = mid - 1
             best = lo
         return best // 4
+
+
+def parse_script(raw: dict[str, Any]) -> tuple[list[Rule], Rule]:
+    """A script (`{"rules": [...], "default": {...}}`) as its rules and its default answer; ValueError if bad."""
+    rules = [Rule.parse(r) for r in raw.get("rules") or []]
+    default = Rule.parse(raw["default"]) if raw.get("default") else Rule(content=DEFAULT_CONTENT)
+    return rules, default
 
 
 def _prompt_text(body: dict[str, Any]) -> str:
@@ -363,11 +395,9 @@ def create_app(state: StandinState) -> Starlette:
         return Response(status_code=state.health_status)
 
     async def admin_script(request: Request) -> Response:
-        raw = await request.json()
         try:
-            rules = [Rule.parse(r) for r in raw.get("rules") or []]
-            default = Rule.parse(raw["default"]) if raw.get("default") else Rule(content=DEFAULT_CONTENT)
-        except (TypeError, ValueError) as exc:
+            rules, default = parse_script(await request.json())
+        except (TypeError, ValueError, AttributeError) as exc:
             return JSONResponse(_error_body(str(exc), 400), status_code=400)
         state.rules, state.default = rules, default
         return JSONResponse({"ok": True, "rules": len(rules)})
@@ -412,9 +442,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--model", default=DEFAULT_MODEL)
     parser.add_argument("--capacity", type=int, default=None, help="requests served at once (capacity mode)")
     parser.add_argument("--latency-s", type=float, default=0.0, help="seconds each request takes")
+    parser.add_argument("--script", type=Path, default=None, help="JSON script to answer from (default: none)")
     args = parser.parse_args(argv)
     if not args.model.startswith("standin-"):
         parser.error("--model must start with 'standin-' so nobody mistakes it for a real model")
+    script: tuple[list[Rule], Rule] | None = None
+    if args.script is not None:
+        try:
+            script = parse_script(json.loads(args.script.read_text(encoding="utf-8")))
+        except (OSError, ValueError, TypeError, AttributeError) as exc:
+            parser.error(f"--script {args.script}: {exc}")
     logging.basicConfig(level=logging.WARNING)
 
     sock = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
@@ -425,6 +462,8 @@ def main(argv: list[str] | None = None) -> None:
 
     async def serve() -> None:
         state = StandinState(model=args.model, capacity=args.capacity, latency_s=args.latency_s)
+        if script is not None:
+            state.rules, state.default = script
         config = uvicorn.Config(
             create_app(state),
             log_level="warning",
