@@ -127,7 +127,8 @@ def cmd_up(args: argparse.Namespace) -> int:
     themselves. Any other process that exits stops the rest: a gateway or worker that dies needs a look.
     """
     _setup_logging(args.verbose)
-    settings = _settings()  # fail fast, once, with a clear message
+    demo = _prepare_demo() if args.demo else None
+    settings = _settings() if demo is None else _demo_settings()  # fail fast, once, with a clear message
     children: dict[str, subprocess.Popen[bytes]] = {}
     stopping = False
 
@@ -152,15 +153,22 @@ def cmd_up(args: argparse.Namespace) -> int:
     from api.launch import LaunchError, lean_env_for_up, model_server_for_up
 
     try:  # checked before anything starts: a missing Lean project or model server is one line, not a crash later
-        os.environ.update(lean_env_for_up(settings.lean.cmd))  # the project `oprover lean setup data/lean` made
-        model_server = model_server_for_up(settings.generator.url)  # no OPROVER_GENERATOR_URL: SGLang runs here
+        if demo is not None:
+            model_server = demo.model_server()  # the stand-in model, started and stopped like SGLang
+        else:
+            os.environ.update(lean_env_for_up(settings.lean.cmd))  # the project `oprover lean setup data/lean` made
+            model_server = model_server_for_up(settings.generator.url)  # no OPROVER_GENERATOR_URL: SGLang runs here
     except LaunchError as exc:
         raise SystemExit(f"oprover up: {exc}") from None
-    redis_server = LocalRedis.start_if_needed(settings.redis.url)
+    if demo is not None:
+        redis_server = LocalRedis.start_if_needed(settings.redis.url, data=demo.directory / "redis")
+        demo.seed_memory(settings.qdrant)
+    else:
+        redis_server = LocalRedis.start_if_needed(settings.redis.url)
     if redis_server is not None:
         children["redis"] = redis_server.process
     if model_server is not None:
-        children["sglang"] = model_server.start()
+        children["model-server"] = model_server.start()
         os.environ["OPROVER_GENERATOR_URL"] = model_server.url  # inherited by the gateway and the workers
         if not model_server.wait_ready(lambda: stopping):
             code = model_server.stop()
@@ -180,12 +188,19 @@ def cmd_up(args: argparse.Namespace) -> int:
     for name, command in commands.items():
         if stopping:
             break
-        # Own sessions: a terminal's Ctrl-C reaches only `up`, which stops each child once, in order.
-        children[name] = subprocess.Popen(command, start_new_session=True)
+        # Own sessions: a terminal's Ctrl-C reaches only `up`, which stops each child once, in order. The demo's
+        # run in its directory, where no `.env` is read.
+        cwd = demo.directory if demo is not None else None
+        children[name] = subprocess.Popen(command, start_new_session=True, cwd=cwd)
         logger.info("started %s (pid %d)", name, children[name].pid)
     logger.info("oprover up: gateway on http://%s:%d (Ctrl-C stops everything)", args.host, args.port)
     exit_code = 0
+    url = f"http://{args.host}:{args.port}"
+    announce_ready = demo is not None
     while any(name != "redis" for name in children):
+        if announce_ready and not stopping and _ready(url):
+            announce_ready = False
+            print(demo.ready(url, f"http://{args.host}:{args.port + 1}", DEFAULT_URL), flush=True)  # type: ignore[union-attr]
         for name, child in list(children.items()):
             code = child.poll()
             if code is None:
@@ -210,6 +225,41 @@ def cmd_up(args: argparse.Namespace) -> int:
     return exit_code
 
 
+def _prepare_demo() -> Any:
+    """`up --demo`: the demo's directory and settings (api/demo.py); the caller's OPROVER_* variables are dropped,
+    so the demo never reaches a real service's Redis, model or Lean."""
+    from api.demo import Demo
+    from api.launch import LaunchError
+
+    try:
+        demo = Demo.prepare()
+    except LaunchError as exc:
+        raise SystemExit(f"oprover up --demo: {exc}") from None
+    for key in [key for key in os.environ if key.startswith("OPROVER_")]:
+        del os.environ[key]
+    os.environ.update(demo.env)  # inherited by the gateway, the workers and the stand-ins
+    print(demo.starting(), flush=True)
+    return demo
+
+
+def _demo_settings() -> Any:
+    from services.settings import SettingsError, load_settings
+
+    try:
+        return load_settings(_env_file=None)  # the demo's variables alone: no `.env` of the directory `up` runs in
+    except SettingsError as exc:
+        raise SystemExit(f"oprover: {exc}") from None
+
+
+def _ready(url: str) -> bool:
+    import httpx
+
+    try:
+        return httpx.get(f"{url}/readyz", timeout=2).status_code == 200
+    except httpx.HTTPError:
+        return False
+
+
 class LocalRedis:
     """A redis-server that `oprover up` started for a local Redis URL that nobody serves, and restarts."""
 
@@ -225,8 +275,9 @@ class LocalRedis:
         self._restarts: list[float] = []
 
     @classmethod
-    def start_if_needed(cls, url: str) -> LocalRedis | None:
-        """None when Redis at `url` answers already; a started one when it is local and redis-server exists."""
+    def start_if_needed(cls, url: str, data: Path = Path("data/redis")) -> LocalRedis | None:
+        """None when Redis at `url` answers already; a started one (its files in `data`) when it is local and
+        redis-server exists."""
         import shutil
         from urllib.parse import urlparse
 
@@ -236,7 +287,7 @@ class LocalRedis:
         binary = shutil.which("redis-server")
         if parsed.hostname not in ("127.0.0.1", "localhost") or binary is None:
             raise SystemExit(f"oprover up: Redis at {url} is not reachable (and no local redis-server to start)")
-        data = Path("data/redis").resolve()
+        data = data.resolve()
         data.mkdir(parents=True, exist_ok=True)
         # AOF on and eviction off, as in deployment: queued rounds and job records must survive a restart.
         command = [
@@ -694,6 +745,13 @@ def build_parser() -> argparse.ArgumentParser:
         'OPROVER_GENERATOR_URL is unset, are started too (README, "Two commands").',
     )
     listen_args(p)
+    p.add_argument(
+        "--demo",
+        action="store_true",
+        help="run on the stand-in model and stand-in Lean with a scripted MiniF2F sample: no GPU, no Lean, no "
+        'settings needed; no result is a real proof (state in ./data/demo; README, "Try it without a GPU"); '
+        "default: off",
+    )
     p.set_defaults(func=cmd_up)
 
     p = sub.add_parser(

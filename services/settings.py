@@ -154,6 +154,9 @@ class ApiSettings(BaseModel):
     idempotency_ttl_s: int = Field(
         24 * 3600, ge=60, description="How long an `Idempotency-Key` keeps returning the job it created."
     )
+    demo: bool = Field(
+        False, description="Set by `oprover up --demo`: /readyz says the service runs on stand-ins (no real proofs)."
+    )
 
     @field_validator("keys", "cors_origins", "admin_keys", mode="before")
     @classmethod

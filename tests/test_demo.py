@@ -1,0 +1,287 @@
+"""`oprover up --demo` as a newcomer runs it: one real `up` process, the demo's own shipped latencies.
+
+The demo starts the stand-in model, the stand-in REPL and replay, its own Redis and memory, with a scripted sample
+of MiniF2F statements (api/demo.py, standins/demo/). These tests use it as the README tells a newcomer to: the CLI,
+curl-like HTTP, the event stream, /metrics; and check that everything says "demo", that nothing outside the sample
+is ever proved, and that Ctrl-C leaves no process behind.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import re
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import psutil
+import pytest
+
+from api.demo import BANNER, DEMO_MODEL, GENERATE_S, load_sample
+
+pytestmark = pytest.mark.slow
+
+ROUNDS = 4  # the shipped default (OPROVER_PROVE_ROUNDS): the demo changes no setting of the loop
+
+
+def _three_free_ports() -> int:
+    """A port P with P+1 and P+2 free too: `up` serves the workers' /metrics beside the gateway."""
+    for _ in range(50):
+        with socket.socket() as sock:
+            sock.bind(("127.0.0.1", 0))
+            port = sock.getsockname()[1]
+        try:
+            for extra in (1, 2):
+                with socket.socket() as probe:
+                    probe.bind(("127.0.0.1", port + extra))
+        except OSError:
+            continue
+        return port
+    raise RuntimeError("no three consecutive free ports")
+
+
+class DemoUp:
+    def __init__(self, workdir: Path) -> None:
+        self.workdir = workdir
+        self.port = _three_free_ports()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.metrics_url = f"http://127.0.0.1:{self.port + 1}"
+        self.log_path = workdir / "up.log"
+        # What a newcomer's shell may hold: settings of a real deployment. The demo must use none of them.
+        (workdir / ".env").write_text("OPROVER_API_KEYS=a-key-of-the-real-deployment\n")
+        self.env = {key: value for key, value in os.environ.items() if not key.startswith("OPROVER_")}
+        self.client_env = dict(self.env)
+        self.env.update(
+            OPROVER_REDIS_URL="redis://127.0.0.1:1/0",  # nobody serves it
+            OPROVER_GENERATOR_URL="http://127.0.0.1:1/v1",
+            OPROVER_LEAN_CMD="/nonexistent/repl",
+        )
+        with open(self.log_path, "wb") as log:
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "api.cli", "up", "--demo", "--port", str(self.port)],
+                cwd=workdir,
+                env=self.env,
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+            )
+
+    def log(self) -> str:
+        return self.log_path.read_text(errors="replace")
+
+    def wait_ready(self, timeout_s: float = 90) -> None:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            assert self.process.poll() is None, f"oprover up --demo exited:\n{self.log()[-4000:]}"
+            if "Ready on" in self.log():
+                return
+            time.sleep(0.3)
+        raise AssertionError(f"oprover up --demo not ready after {timeout_s} s:\n{self.log()[-4000:]}")
+
+    def client(self) -> httpx.Client:
+        return httpx.Client(base_url=self.url, timeout=60)
+
+    def cli(self, *args: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, "-m", "api.cli", *args, "--url", self.url],
+            cwd=self.workdir,
+            env=self.client_env,
+            capture_output=True,
+            text=True,
+            timeout=90,
+        )
+
+    def memory_size(self) -> float:
+        text = httpx.get(f"{self.metrics_url}/metrics", timeout=10).text
+        found = re.search(r"^oprover_memory_proofs (\S+)$", text, re.M)
+        assert found, text[-2000:]
+        return float(found.group(1))
+
+    def close(self) -> None:
+        """Whatever a test did, leave nothing running (the children have sessions of their own)."""
+        children: list[psutil.Process] = []
+        with contextlib.suppress(psutil.Error):
+            children = psutil.Process(self.process.pid).children(recursive=True)
+        if self.process.poll() is None:
+            self.process.send_signal(signal.SIGINT)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                self.process.wait(timeout=45)
+        if self.process.poll() is None:
+            self.process.kill()
+            self.process.wait(timeout=10)
+        for child in children:
+            with contextlib.suppress(psutil.Error):
+                child.kill()
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoUp]:
+    service = DemoUp(tmp_path_factory.mktemp("demo"))
+    try:
+        service.wait_ready()
+        yield service
+    finally:
+        service.close()
+
+
+def _problem(name: str) -> Any:
+    return next(problem for problem in load_sample() if problem.name == name)
+
+
+def _statement(name: str) -> str:
+    return _problem(name).formal_statement
+
+
+def _finished(client: httpx.Client, job_id: str, timeout_s: float = 120) -> dict[str, Any]:
+    deadline = time.monotonic() + timeout_s
+    while True:
+        job = client.get(f"/v1/prove/{job_id}").json()
+        if job["status"] not in ("queued", "running"):
+            return job
+        assert time.monotonic() < deadline, job
+        time.sleep(0.5)
+
+
+def _job_id(stderr: str) -> str:
+    found = re.search(r"job (prf_\w+)", stderr)
+    assert found, stderr
+    return found.group(1)
+
+
+def test_every_part_says_it_is_a_demo_and_the_callers_settings_are_not_used(demo: DemoUp) -> None:
+    log = demo.log()
+    assert log.lstrip().startswith("=" * 100) and BANNER in log.split("started redis-server")[0]  # before anything
+    with demo.client() as client:  # no key: the `.env` of the directory with OPROVER_API_KEYS was not read
+        ready = client.get("/readyz")
+        assert ready.status_code == 200, ready.text
+        report = ready.json()
+        assert report["demo"] is True and report["banner"] == BANNER
+        assert report["checks"]["lean"]["workers"][0]["lean"].endswith("-standin")
+        assert report["checks"]["generator"]["url"] != "http://127.0.0.1:1/v1"  # the caller's was not used
+        models = client.get("/v1/models").json()["data"]
+    loop = next(entry for entry in models if entry["id"] == "oprover")
+    assert loop["generator_model"] == DEMO_MODEL and DEMO_MODEL.startswith("standin-")
+    assert loop["default_lean_version"].endswith("-standin")
+    assert all(version.endswith("-standin") for version in loop["lean"])
+    raw = [entry["id"] for entry in models if entry.get("oprover_kind") == "raw_generator"]
+    assert raw == [DEMO_MODEL]
+    # its state is its own: the demo directory under where `up` runs, Redis not on the caller's port
+    assert (demo.workdir / "data" / "demo" / "redis").is_dir() and not (demo.workdir / "data" / "redis").exists()
+
+
+def test_the_cli_proves_a_sample_theorem_after_a_failed_round(demo: DemoUp) -> None:
+    started = time.monotonic()
+    result = demo.cli("prove", "data/demo/sample/mathd_algebra_455.lean")
+    took = time.monotonic() - started
+    assert result.returncode == 0, result.stderr
+    assert "x = 3 := by\n  linarith" in result.stdout
+    assert "chain 0 round 1: fail" in result.stderr and "chain 0 round 2: pass" in result.stderr
+    assert took > 2 * GENERATE_S  # two generations at the demo's latency, not instant answers
+
+    with demo.client() as client:
+        job = client.get(f"/v1/prove/{_job_id(result.stderr)}").json()
+    assert job["status"] == "proved" and job["lean"]["lean"].endswith("-standin")
+    first, second = job["attempts"]
+    assert first["verdict"] == "fail" and "omega could not prove the goal" in first["feedback"]
+    assert second["verdict"] == "pass" and second["model"] == DEMO_MODEL
+    assert first["retrieved"], "the seeded memory gave the prompt related proofs"
+
+
+def test_http_prove_and_its_events_show_the_failed_round_then_the_proof(demo: DemoUp) -> None:
+    problem = _problem("algebra_apb4leq8ta4pb4")
+    with demo.client() as client:
+        created = client.post("/v1/prove", json={"formal_statement": problem.formal_statement})
+        assert created.status_code == 202, created.text
+        job_id = created.json()["id"]
+        events = []
+        with client.stream("GET", f"/v1/prove/{job_id}/events", timeout=httpx.Timeout(60, read=60)) as stream:
+            kind = None
+            for line in stream.iter_lines():
+                if line.startswith("event:"):
+                    kind = line.split(":", 1)[1].strip()
+                elif line.startswith("data:") and kind:
+                    events.append((kind, json.loads(line.split(":", 1)[1])))
+                    if kind.startswith("job.") and kind not in ("job.created", "job.running"):
+                        break
+        job = client.get(f"/v1/prove/{job_id}").json()
+    verified = [(data["round"], data["verdict"]) for kind, data in events if kind == "attempt.verified"]
+    assert verified == [(1, "fail"), (2, "pass")], events
+    assert events[-1][0] == "job.proved"
+    assert job["status"] == "proved" and "mul_pos h₀.1 h₀.2" in job["proof"]
+    assert "linarith failed to find a contradiction" in job["attempts"][0]["feedback"]
+    assert job["lean"]["lean"].endswith("-standin")
+
+
+def test_a_never_proved_sample_theorem_ends_not_found_with_its_attempts(demo: DemoUp) -> None:
+    result = demo.cli("prove", "data/demo/sample/imo_1987_p4.lean")
+    assert result.returncode == 1, result.stderr  # answered, negative
+    assert "failed after 4 generation(s)" in result.stderr
+    with demo.client() as client:
+        job = client.get(f"/v1/prove/{_job_id(result.stderr)}").json()
+    assert job["status"] == "failed" and job["proof"] is None
+    assert [a["round"] for a in job["attempts"]] == list(range(1, ROUNDS + 1))
+    assert all(a["verdict"] == "fail" and a["lean"]["lean"].endswith("-standin") for a in job["attempts"])
+    assert "unsolved goals" in job["attempts"][0]["feedback"]
+    assert "linarith failed" in job["attempts"][1]["feedback"]
+
+
+def test_nothing_outside_the_sample_is_ever_proved(demo: DemoUp) -> None:
+    outside = "theorem not_in_the_sample (x : ℝ) (h : 2 * x = 4) : x = 2 := by sorry"
+    # a sample statement under another name, and a sample name with another (false) statement
+    renamed = _statement("mathd_algebra_455").replace("mathd_algebra_455", "my_copy_of_455")
+    false_twin = "theorem mathd_algebra_455 (x : ℝ) (h₀ : 2 * (2 * (2 * (2 * x))) = 48) : x = 4 := by sorry"
+    with demo.client() as client:
+        jobs = []
+        for statement in (outside, renamed, false_twin):
+            created = client.post("/v1/prove", json={"formal_statement": statement})
+            assert created.status_code == 202, created.text
+            jobs.append(created.json()["id"])
+        # the scripted passing proof, checked directly against a statement it was not scripted for
+        verdict = client.post(
+            "/v1/verify",
+            json={"code": false_twin.replace("sorry", "linarith"), "formal_statement": false_twin},
+        ).json()
+        assert verdict["verdict"] != "pass", verdict
+        for job_id in jobs:
+            job = _finished(client, job_id)
+            assert job["status"] == "failed" and job["proof"] is None, job
+            assert len(job["attempts"]) == ROUNDS
+            assert "not one of the demo sample's scripted proofs" in job["attempts"][-1]["feedback"]
+
+
+def test_the_memory_grows_with_each_proof(demo: DemoUp) -> None:
+    seed = Path(__file__).resolve().parents[1] / "standins" / "demo" / "seed_memory.jsonl"
+    seeded = sum(1 for line in seed.read_text(encoding="utf-8").splitlines() if line.strip())
+    proved_so_far = 2  # mathd_algebra_455 and algebra_apb4leq8ta4pb4 above
+    deadline = time.monotonic() + 30
+    while demo.memory_size() < seeded + proved_so_far:
+        assert time.monotonic() < deadline, demo.memory_size()
+        time.sleep(0.5)
+    before = demo.memory_size()
+    result = demo.cli("prove", "data/demo/sample/mathd_numbertheory_200.lean")
+    assert result.returncode == 0, result.stderr
+    assert "chain 0 round 1: pass" in result.stderr  # proved in round 1
+    deadline = time.monotonic() + 30
+    while demo.memory_size() < before + 1:
+        assert time.monotonic() < deadline, f"the memory did not grow: {demo.memory_size()}"
+        time.sleep(0.5)
+
+
+def test_ctrl_c_stops_every_process_the_demo_started(demo: DemoUp) -> None:
+    children = psutil.Process(demo.process.pid).children(recursive=True)
+    names = " ".join(" ".join(child.cmdline()) for child in children)
+    for part in ("redis-server", "standins.openai_server", "serve", "worker generate", "worker verify", "fake_repl"):
+        assert part in names, names
+    demo.process.send_signal(signal.SIGINT)
+    assert demo.process.wait(timeout=60) == 0, demo.log()[-4000:]
+    _gone, alive = psutil.wait_procs(children, timeout=10)
+    assert not alive, [" ".join(p.cmdline()) for p in alive]
+    assert "Traceback" not in demo.log()
