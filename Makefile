@@ -3,7 +3,7 @@ PYTHON ?= python3
 VENV   ?= .venv
 BIN    := $(VENV)/bin
 
-.PHONY: install up test test-fast lint format bench lock
+.PHONY: install up demo test test-fast lint format bench lock
 
 install: $(BIN)/oprover
 $(BIN)/oprover: requirements.lock pyproject.toml
@@ -39,6 +39,11 @@ format: install
 # Every benchmark, bounded for a small machine; writes docs/benchmarks.md (`python -m bench --help`).
 bench: install
 	$(BIN)/python -m bench
+
+# The service on the stand-in model and stand-in Lean with a scripted sample: no GPU, no Lean, no settings; no
+# result is a real proof (README, "Try it without a GPU (demo)"; state in data/demo).
+demo: install
+	$(BIN)/oprover up --demo
 
 # Re-pin after changing dependencies in pyproject.toml (run inside a fresh venv that installed `.[dev]`).
 lock:

@@ -25,9 +25,10 @@ import httpx
 import psutil
 import pytest
 
-from api.demo import BANNER, DEMO_MODEL, GENERATE_S, load_sample
-
-pytestmark = pytest.mark.slow
+from api.demo import BANNER, DEMO_MODEL, GENERATE_S, load_sample, model_script
+from services.domain import PreviousAttempt, ProofTask, RetrievedProof, Verdict
+from services.prompts.loader import load_profile
+from standins.openai_server import StandinState, parse_script
 
 ROUNDS = 4  # the shipped default (OPROVER_PROVE_ROUNDS): the demo changes no setting of the loop
 
@@ -156,6 +157,46 @@ def _job_id(stderr: str) -> str:
     return found.group(1)
 
 
+def _prompt(task: ProofTask) -> str:
+    """What the stand-in model matches on: the messages' contents joined (standins/openai_server.py)."""
+    return "\n".join(message["content"] for message in load_profile("oprover").messages(task))
+
+
+def test_the_script_answers_the_target_never_a_retrieved_proof_of_another_sample_theorem() -> None:
+    state = StandinState(model=DEMO_MODEL, capacity=None, latency_s=0.0)
+    state.rules, state.default = parse_script(model_script(load_sample()))
+    solved, target = _problem("mathd_algebra_455"), _problem("mathd_algebra_48")
+    # once the demo proved mathd_algebra_455, its proof (name and all) is retrieved into other prompts
+    retrieved = (RetrievedProof("1", solved.formal_statement, solved.formal_statement.rstrip() + "\n  linarith"),)
+    first = ProofTask(formal_statement=target.formal_statement, header=target.header, retrieved=retrieved)
+    assert "norm_num [h₀]" in state.pick(_prompt(first)).content
+    failed = state.pick(_prompt(first)).content.split("```lean4\n")[1].split("```")[0]
+    repair = ProofTask(
+        formal_statement=target.formal_statement,
+        header=target.header,
+        retrieved=retrieved,
+        previous=PreviousAttempt(code=failed, feedback="unsolved goals", verdict=Verdict.FAIL),
+        round=2,
+    )
+    assert "rw [h₀, h₁]\n  ring" in state.pick(_prompt(repair)).content
+    outside = ProofTask(formal_statement="theorem t (x : ℕ) : x = x := by sorry", header="", retrieved=retrieved)
+    assert state.pick(_prompt(outside)) is state.default
+
+
+def test_the_readme_section_shows_the_sample_as_scripted() -> None:
+    readme = (Path(__file__).resolve().parents[1] / "README.md").read_text(encoding="utf-8")
+    section = readme.split("## Try it without a GPU (demo)")[1].split("\n## ")[0]
+    rows = {line.split("|")[1]: line.split("|")[2] for line in section.splitlines() if line.startswith("| `")}
+    for problem in load_sample():
+        row = next(outcome for names, outcome in rows.items() if f"`{problem.name}`" in names)
+        expected = {"proved in round 1": "proved in round 1", "proved after a failed round": "repair round"}
+        assert expected.get(problem.outcome, "never proved") in row, (problem.name, row)
+    assert (
+        "make demo" in section and DEMO_MODEL in section and "no result of the demo is a real proof" in section.lower()
+    )
+
+
+@pytest.mark.slow
 def test_every_part_says_it_is_a_demo_and_the_callers_settings_are_not_used(demo: DemoUp) -> None:
     log = demo.log()
     assert log.lstrip().startswith("=" * 100) and BANNER in log.split("started redis-server")[0]  # before anything
@@ -177,6 +218,7 @@ def test_every_part_says_it_is_a_demo_and_the_callers_settings_are_not_used(demo
     assert (demo.workdir / "data" / "demo" / "redis").is_dir() and not (demo.workdir / "data" / "redis").exists()
 
 
+@pytest.mark.slow
 def test_the_cli_proves_a_sample_theorem_after_a_failed_round(demo: DemoUp) -> None:
     started = time.monotonic()
     result = demo.cli("prove", "data/demo/sample/mathd_algebra_455.lean")
@@ -195,6 +237,7 @@ def test_the_cli_proves_a_sample_theorem_after_a_failed_round(demo: DemoUp) -> N
     assert first["retrieved"], "the seeded memory gave the prompt related proofs"
 
 
+@pytest.mark.slow
 def test_http_prove_and_its_events_show_the_failed_round_then_the_proof(demo: DemoUp) -> None:
     problem = _problem("algebra_apb4leq8ta4pb4")
     with demo.client() as client:
@@ -220,6 +263,7 @@ def test_http_prove_and_its_events_show_the_failed_round_then_the_proof(demo: De
     assert job["lean"]["lean"].endswith("-standin")
 
 
+@pytest.mark.slow
 def test_a_never_proved_sample_theorem_ends_not_found_with_its_attempts(demo: DemoUp) -> None:
     result = demo.cli("prove", "data/demo/sample/imo_1987_p4.lean")
     assert result.returncode == 1, result.stderr  # answered, negative
@@ -233,6 +277,7 @@ def test_a_never_proved_sample_theorem_ends_not_found_with_its_attempts(demo: De
     assert "linarith failed" in job["attempts"][1]["feedback"]
 
 
+@pytest.mark.slow
 def test_nothing_outside_the_sample_is_ever_proved(demo: DemoUp) -> None:
     outside = "theorem not_in_the_sample (x : ℝ) (h : 2 * x = 4) : x = 2 := by sorry"
     # a sample statement under another name, and a sample name with another (false) statement
@@ -257,6 +302,7 @@ def test_nothing_outside_the_sample_is_ever_proved(demo: DemoUp) -> None:
             assert "not one of the demo sample's scripted proofs" in job["attempts"][-1]["feedback"]
 
 
+@pytest.mark.slow
 def test_the_memory_grows_with_each_proof(demo: DemoUp) -> None:
     seed = Path(__file__).resolve().parents[1] / "standins" / "demo" / "seed_memory.jsonl"
     seeded = sum(1 for line in seed.read_text(encoding="utf-8").splitlines() if line.strip())
@@ -275,6 +321,7 @@ def test_the_memory_grows_with_each_proof(demo: DemoUp) -> None:
         time.sleep(0.5)
 
 
+@pytest.mark.slow
 def test_ctrl_c_stops_every_process_the_demo_started(demo: DemoUp) -> None:
     children = psutil.Process(demo.process.pid).children(recursive=True)
     names = " ".join(" ".join(child.cmdline()) for child in children)
