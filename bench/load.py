@@ -207,23 +207,26 @@ class Sampler:
         rss: Counter[str] = Counter()
         count: Counter[str] = Counter()
         connections: Counter[str] = Counter()
+        owner: dict[int, str] = {}  # pid -> role, for the connections below
         with contextlib.suppress(psutil.Error):
             for child in self.up.children():
                 role = _role(child)
                 if role is None:
                     continue
+                tree = [child]
                 with contextlib.suppress(psutil.Error):
-                    tree = [child, *child.children(recursive=True)]
+                    tree += child.children(recursive=True)
                 for process in tree:
                     with contextlib.suppress(psutil.Error):
                         rss[role] += process.memory_info().rss
                         count[role] += 1
-                        if role != "Redis server":
-                            connections[role] += sum(
-                                1
-                                for c in process.net_connections(kind="tcp")
-                                if c.raddr and c.raddr.port == self.redis_port and c.status == psutil.CONN_ESTABLISHED
-                            )
+                        owner[process.pid] = role
+        # One read of the machine's TCP table (not one per process): who holds connections to Redis's port.
+        with contextlib.suppress(psutil.Error):
+            for conn in psutil.net_connections(kind="tcp"):
+                role = owner.get(conn.pid or 0)
+                if role and role != "Redis server" and conn.raddr and conn.raddr.port == self.redis_port:
+                    connections[role] += conn.status == psutil.CONN_ESTABLISHED
         for role, value in rss.items():
             self.peaks.rss_mb[role] = max(self.peaks.rss_mb[role], round(value / 2**20))
             self.peaks.processes[role] = max(self.peaks.processes[role], count[role])
@@ -251,17 +254,21 @@ class Followed:
     http_errors: list[str] = field(default_factory=list)
     reconnects: int = 0
 
+    def error(self, t0: float, what: str) -> None:
+        """An HTTP error, with when (seconds after the first submission) and whose, to line it up with the log."""
+        self.http_errors.append(f"t+{time.monotonic() - t0:.0f} s {self.theorem.name} ({self.job_id}) {what}")
 
-async def follow_one(client: httpx.AsyncClient, followed: Followed, deadline: float) -> None:
+
+async def follow_one(client: httpx.AsyncClient, followed: Followed, deadline: float, t0: float) -> None:
     """Submit one job and read its event stream to the terminal event (resuming after a cut), then read it."""
     try:
         reply = await client.post("/v1/prove", json={"formal_statement": followed.theorem.statement})
     except httpx.HTTPError as exc:
-        followed.http_errors.append(f"POST: {type(exc).__name__}: {exc}")
+        followed.error(t0, f"POST: {type(exc).__name__}: {exc}")
         return
     followed.submit_status = reply.status_code
     if reply.status_code != 202:
-        followed.http_errors.append(f"POST: {reply.status_code} {reply.text[:200]}")
+        followed.error(t0, f"POST: {reply.status_code} {reply.text[:200]}")
         return
     followed.job_id = job_id = reply.json()["id"]
     last_id: str | None = None
@@ -271,7 +278,7 @@ async def follow_one(client: httpx.AsyncClient, followed: Followed, deadline: fl
         try:
             async with client.stream("GET", f"/v1/prove/{job_id}/events", headers=headers) as stream:
                 if stream.status_code != 200:
-                    followed.http_errors.append(f"events: {stream.status_code}")
+                    followed.error(t0, f"events: {stream.status_code}")
                     await asyncio.sleep(1)
                     continue
                 async for line in stream.aiter_lines():
@@ -283,16 +290,16 @@ async def follow_one(client: httpx.AsyncClient, followed: Followed, deadline: fl
                         ended = ended or event in TERMINAL_EVENTS
         except httpx.HTTPError as exc:
             followed.reconnects += 1
-            followed.http_errors.append(f"events: {type(exc).__name__}: {exc}")
+            followed.error(t0, f"events ({len(followed.events)} read): {type(exc).__name__}: {exc}")
             await asyncio.sleep(1)
     try:
         reply = await client.get(f"/v1/prove/{job_id}")
         if reply.status_code == 200:
             followed.job = reply.json()
         else:
-            followed.http_errors.append(f"GET: {reply.status_code} {reply.text[:200]}")
+            followed.error(t0, f"GET: {reply.status_code} {reply.text[:200]}")
     except httpx.HTTPError as exc:
-        followed.http_errors.append(f"GET: {type(exc).__name__}: {exc}")
+        followed.error(t0, f"GET: {type(exc).__name__}: {exc}")
 
 
 async def run_clients(url: str, theorems: list[Theorem], deadline: float) -> tuple[list[Followed], float]:
@@ -303,7 +310,7 @@ async def run_clients(url: str, theorems: list[Theorem], deadline: float) -> tup
     timeout = httpx.Timeout(60.0, connect=30.0, pool=60.0)
     async with httpx.AsyncClient(base_url=url, limits=limits, timeout=timeout) as client:
         started = time.monotonic()
-        await asyncio.gather(*(follow_one(client, f, deadline) for f in followed))
+        await asyncio.gather(*(follow_one(client, f, deadline, started) for f in followed))
     return followed, time.monotonic() - started
 
 
@@ -519,6 +526,50 @@ class Outcome:
         return bool(self.http_errors or self.statuses.get("error") or self.bad_lines or any(self.problems.values()))
 
 
+def time_split(plan: Plan, out: Outcome) -> list[tuple[str, str]]:
+    """Where a job's time went beyond its floor, from each attempt's own timings (the workers measure them)."""
+    gen_extra, waits = [], []
+    checks: dict[str, list[float]] = {"fail": [], "pass": []}
+    drawn: dict[str, list[float]] = {"fail": [], "pass": []}
+    for f in out.followed:
+        if f.job is None or not f.job.get("finished_at"):
+            continue
+        busy = 0.0
+        for attempt in f.job["attempts"]:
+            timings, k = attempt.get("timings") or {}, attempt["round"] - 1
+            busy += sum(timings.get(name, 0) for name in ("retrieve_ms", "generate_ms", "verify_ms")) / 1000
+            if k < f.theorem.rounds and "generate_ms" in timings:
+                gen_extra.append(timings["generate_ms"] / 1000 - f.theorem.gen_s[k])
+            if k < f.theorem.rounds and "verify_ms" in timings and attempt["verdict"] in checks:
+                checks[attempt["verdict"]].append(timings["verify_ms"] / 1000)
+                drawn[attempt["verdict"]].append(f.theorem.check_s[k])
+        waits.append(f.job["finished_at"] - f.job["created_at"] - busy)
+    all_checks = checks["fail"] + checks["pass"]
+    return [
+        (
+            "a generation as the generate worker timed it, minus its drawn time, p50 / p99",
+            f"{_pct(gen_extra, 0.5):.1f} / {_pct(gen_extra, 0.99):.1f} s",
+        ),
+        (
+            "a failing check as the verify worker timed it, p50 / p99 (drawn: p50)",
+            f"{_pct(checks['fail'], 0.5):.1f} / {_pct(checks['fail'], 0.99):.1f} s ({_pct(drawn['fail'], 0.5):.1f} s)",
+        ),
+        (
+            "a passing check as the verify worker timed it (re-check in an unused REPL, kernel replay), p50 / p99 "
+            "(drawn: p50)",
+            f"{_pct(checks['pass'], 0.5):.1f} / {_pct(checks['pass'], 0.99):.1f} s ({_pct(drawn['pass'], 0.5):.1f} s)",
+        ),
+        (
+            "a job's time in queues (its latency minus its rounds' retrieval, generation and check times), p50 / p99",
+            f"{_pct(waits, 0.5):.1f} / {_pct(waits, 0.99):.1f} s",
+        ),
+        (
+            f"the checks as they ran: their total time / V {plan.verify_slots}",
+            f"{sum(all_checks):.0f} s / {plan.verify_slots} = {sum(all_checks) / plan.verify_slots:.0f} s",
+        ),
+    ]
+
+
 def table_rows(plan: Plan, out: Outcome, changed: str) -> list[tuple[str, str]]:
     floors = [t.floor_s for t in plan.theorems]
     latencies = out.latencies()
@@ -569,6 +620,7 @@ def table_rows(plan: Plan, out: Outcome, changed: str) -> list[tuple[str, str]]:
                     f"{_pct(mine, 0.5):.1f} s against {_pct(kind_floors, 0.5):.1f} s",
                 )
             )
+    rows += time_split(plan, out)
     rows += [
         ("all jobs ended after (first submission → last end)", f"{out.run_s:.0f} s"),
         (
