@@ -72,4 +72,6 @@ def test_the_checks_report_a_duplicate_generation_a_missing_round_and_a_job_that
     never.events = ["job.proved"]
     assert any("expected failed" in p for p in check_jobs([never]))
     never.job = {"status": "failed", "attempts": [{"verdict": "fail"}] * 4, "proof": None}
+    assert check_jobs([never]) == []
+    never.events = ["job.created", "job.running"]
     assert check_jobs([never]) == [f"{never.theorem.name} (prf_3): its event stream never showed its end"]
