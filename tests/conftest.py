@@ -2,13 +2,16 @@
 
 The Redis server is started on a free port (never the machine's default instance, never its database 0);
 each test gets an empty database. Tests that need processes use `ServiceHarness` (tests/harness.py).
+
+`make test` runs the suite on several pytest-xdist workers, one test file at a time per worker (`--dist loadfile`,
+so a module's one `oprover up` is started once): each worker is a session of its own, with its own redis-server,
+its own tmp dirs and its own slice of ports (tests/harness.py `free_port`).
 """
 
 from __future__ import annotations
 
 import os
 import shutil
-import socket
 import subprocess
 import tempfile
 import time
@@ -18,20 +21,35 @@ from pathlib import Path
 import pytest
 import redis
 
-from tests.harness import ServiceHarness
+from tests.harness import ServiceHarness, free_port
 
 
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """On xdist workers, the files whose tests start `oprover up` or several processes (`realtime`, `slow`) go first.
+
+    Files are handed to workers in collection order (`--no-loadscope-reorder`); a long file handed out last would
+    run alone while the other workers sit idle. Every worker sorts alike, so their collections stay identical.
+    """
+    if "PYTEST_XDIST_WORKER" not in os.environ:
+        return
+
+    def weight(item: pytest.Item) -> int:
+        return 2 if item.get_closest_marker("realtime") else 1 if item.get_closest_marker("slow") else 0
+
+    file_weight: dict[Path, int] = {}  # in collection order
+    for item in items:
+        file_weight[item.path] = max(file_weight.get(item.path, 0), weight(item))
+    rank = {path: (-heaviest, position) for position, (path, heaviest) in enumerate(file_weight.items())}
+    items.sort(key=lambda item: rank[item.path])  # stable: a file's tests keep their order
 
 
 @pytest.fixture(scope="session")
 def redis_server() -> Iterator[str]:
     """A redis-server for this test session; yields its base URL (no database number)."""
     external = os.environ.get("OPROVER_TEST_REDIS_URL")
-    if external:  # .ci/run may start one for the whole run
+    if external:  # a server started for the whole run; its databases 1-15 are handed out as if it were our own
+        if os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1") != "1":
+            pytest.fail("OPROVER_TEST_REDIS_URL is one server: run without -n (the workers would share databases)")
         yield external.rstrip("/")
         return
     binary = shutil.which("redis-server")

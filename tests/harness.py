@@ -10,6 +10,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import random
 import signal
 import socket
 import subprocess
@@ -32,10 +33,43 @@ ROOT = Path(__file__).resolve().parents[1]
 TERMINAL = {status.value for status in TERMINAL_STATUSES}
 
 
-def _free_port() -> int:
+# Ports for the servers tests start come from below the kernel's ephemeral range (32768-60999 by default), where
+# no client connection's local port is ever picked, and each pytest-xdist worker has a slice of its own: a port
+# handed out here is not handed out again by this session's other workers, nor taken by a connection, before the
+# server it was meant for binds it. Within a slice ports are handed out in turn from a random start (concurrent
+# sessions on one machine rarely start at the same place), and a port is only handed out if it binds now.
+_PORT_BASE, _PORT_SLICE, _PORT_SLICES = 16384, 2048, 8
+
+
+def _port_slice() -> range:
+    worker = os.environ.get("PYTEST_XDIST_WORKER", "gw0")  # unset without -n: the first slice
+    index = int(worker.removeprefix("gw")) % _PORT_SLICES if worker.startswith("gw") else 0
+    start = _PORT_BASE + index * _PORT_SLICE
+    return range(start, start + _PORT_SLICE)
+
+
+_ports = _port_slice()
+_next_port = random.randrange(len(_ports))
+
+
+def _binds(port: int) -> bool:
     with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+        try:
+            sock.bind(("127.0.0.1", port))
+        except OSError:
+            return False
+        return True
+
+
+def free_port(count: int = 1) -> int:
+    """The first of `count` consecutive free ports on 127.0.0.1 (`oprover up --port P` also serves P+1 and P+2)."""
+    global _next_port
+    for _ in range(len(_ports)):
+        first = _ports[_next_port % len(_ports)]
+        _next_port = (_next_port + count) % len(_ports)
+        if first + count <= _ports.stop and all(_binds(first + k) for k in range(count)):
+            return first
+    raise RuntimeError(f"no {count} free consecutive ports in {_ports}")
 
 
 class ServiceHarness:
@@ -104,7 +138,7 @@ class ServiceHarness:
 
     def start_gateway(self, **env: str) -> str:
         _ = self.generator  # the gateway's /readyz reports on it
-        port = _free_port()
+        port = free_port()
         self._spawn("gateway", "serve", "--port", str(port), env=env)
         self.gateway_url = f"http://127.0.0.1:{port}"
         self._wait(lambda: httpx.get(f"{self.gateway_url}/healthz", timeout=1).status_code == 200, "gateway", 20)
@@ -217,7 +251,7 @@ class OproverUp:
                 "OPROVER_QDRANT_PATH": str(workdir / "qdrant"),
             }
         )
-        self.port = _free_port()
+        self.port = free_port(3)  # `up` puts its workers' /metrics on the next two ports
         self.url = f"http://127.0.0.1:{self.port}"
         self.process: subprocess.Popen[bytes] | None = None
 
