@@ -21,11 +21,25 @@ up: install
 	  echo "NVIDIA GPU found: installing the gpu extra (SGLang)"; $(BIN)/pip install -q -c requirements.lock -e '.[gpu]'; fi
 	$(BIN)/oprover up
 
+# The tests mostly wait (processes starting, stand-ins answering at real latencies), so they run on TEST_WORKERS
+# pytest-xdist workers, more than the cores; one file at a time per worker (`--dist loadfile`: a module's
+# `oprover up` starts once), heaviest files first (tests/conftest.py). Tests marked `timing` assert a wall-clock
+# bound a busy machine could break: they run afterwards, one at a time, in the files that hold them.
+TEST_WORKERS ?= 4
+PARALLEL     := -n $(TEST_WORKERS) --dist loadfile --no-loadscope-reorder
+TIMING_FILES  = $(shell grep -l 'pytest.mark.timing' tests/test_*.py)
+
 test: install
-	$(BIN)/pytest -q -m "not lean and not gpu"
+	status=0; \
+	$(BIN)/pytest -q -m "not lean and not gpu and not timing" $(PARALLEL) || status=$$?; \
+	$(BIN)/pytest -q -m "not lean and not gpu and timing" -p no:xdist $(TIMING_FILES) || status=$$?; \
+	exit $$status
 
 test-fast: install
-	$(BIN)/pytest -q -m "not lean and not gpu and not slow"
+	status=0; \
+	$(BIN)/pytest -q -m "not lean and not gpu and not slow and not timing" $(PARALLEL) || status=$$?; \
+	$(BIN)/pytest -q -m "not lean and not gpu and not slow and timing" -p no:xdist $(TIMING_FILES) || status=$$?; \
+	exit $$status
 
 lint: install
 	$(BIN)/ruff check .

@@ -378,6 +378,7 @@ def test_standin_health_follows_the_server(standin):
     standin.reset()
 
 
+@pytest.mark.timing  # 32 streams in under 2 s
 def test_many_threads_share_one_client(standin):
     standin.reset()
     standin.script([], default={"content": "ok", "delay_s": 0.2})

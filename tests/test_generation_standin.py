@@ -90,6 +90,7 @@ def test_models_and_health(standin, sdk):
     standin.reset()
 
 
+@pytest.mark.timing  # two waves of 0.2 s in under 1.5 s, busy > 90%
 def test_capacity_mode_serves_c_at_a_time_and_reports_busy_time():
     with StandinServer(capacity=2, latency_s=0.2) as server:
         client = openai.OpenAI(base_url=server.url, api_key="unused", max_retries=0)

@@ -36,6 +36,7 @@ def pids(checker: LeanChecker) -> set[int]:
     return {r.process.pid for r in list(checker.pool._ready.queue)}
 
 
+@pytest.mark.timing  # the kill lands within 2 s of the 1 s timeout
 def test_hung_check_is_killed_at_its_timeout_and_replaced(tmp_path) -> None:
     with stand_in_checker(tmp_path, RULES, timeout_s=1.0) as checker:
         checker.start()
@@ -111,6 +112,7 @@ def test_repl_is_recycled_after_max_checks(tmp_path) -> None:
         assert checker.pool.stats["spawned"] >= 3
 
 
+@pytest.mark.timing  # 4 checks in under 2.8 s
 def test_several_checks_in_flight_and_a_hang_does_not_delay_the_others(tmp_path) -> None:
     with stand_in_checker(tmp_path, RULES, pool_size=2, spares=1, timeout_s=3.0) as checker:
         checker.start()
@@ -131,6 +133,7 @@ def test_several_checks_in_flight_and_a_hang_does_not_delay_the_others(tmp_path)
         assert checker.check(GOOD_PROOF, formal_statement=STATEMENT).verdict is Verdict.PASS
 
 
+@pytest.mark.timing  # 0.2 s between in parallel and in a row
 def test_checks_run_in_parallel(tmp_path) -> None:
     with stand_in_checker(tmp_path, RULES, pool_size=2, spares=0) as checker:
         checker.start()
