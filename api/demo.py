@@ -158,6 +158,17 @@ def lean_table(problems: list[Problem]) -> dict[str, Any]:
     }
 
 
+def _lock(handle: Any) -> bool:
+    """Take an exclusive lock on an open file without waiting; False if another process holds it."""
+    import fcntl
+
+    try:
+        fcntl.flock(handle.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return False
+    return True
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -172,6 +183,7 @@ class Demo:
         self.problems = load_sample()
         self.redis_url = f"redis://127.0.0.1:{_free_port()}/0"
         self.model_port = _free_port()
+        self._lock: Any = None
 
     @classmethod
     def prepare(cls, directory: Path = DEFAULT_DEMO_DIR) -> Demo:
@@ -179,13 +191,21 @@ class Demo:
         from api.launch import LaunchError
 
         directory = directory.resolve()
+        marker = directory / MARKER
         if directory.exists():
-            if not (directory / MARKER).is_file() and any(directory.iterdir()):
+            if not marker.is_file() and any(directory.iterdir()):
                 raise LaunchError(f"{directory} holds files the demo did not write; move them, or run elsewhere")
+            if marker.is_file():
+                with open(marker) as held:
+                    if not _lock(held):
+                        raise LaunchError(f"another demo runs on {directory}: stop it (Ctrl-C) or run elsewhere")
             shutil.rmtree(directory)
         directory.mkdir(parents=True)
-        (directory / MARKER).write_text("written by `oprover up --demo`; emptied at every demo start\n")
+        marker.write_text("written by `oprover up --demo`; emptied at every demo start\n")
         demo = cls(directory)
+        # held while this `up` runs (closed by the OS when it exits), so a second demo here cannot empty its files
+        demo._lock = open(marker)  # noqa: SIM115
+        _lock(demo._lock)
         demo._write_files()
         return demo
 

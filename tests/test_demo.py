@@ -25,7 +25,8 @@ import httpx
 import psutil
 import pytest
 
-from api.demo import BANNER, DEMO_MODEL, GENERATE_S, load_sample, model_script
+from api.demo import BANNER, DEMO_MODEL, GENERATE_S, Demo, load_sample, model_script
+from api.launch import LaunchError
 from services.domain import PreviousAttempt, ProofTask, RetrievedProof, Verdict
 from services.prompts.loader import load_profile
 from standins.openai_server import StandinState, parse_script
@@ -181,6 +182,27 @@ def test_the_script_answers_the_target_never_a_retrieved_proof_of_another_sample
     assert "rw [h₀, h₁]\n  ring" in state.pick(_prompt(repair)).content
     outside = ProofTask(formal_statement="theorem t (x : ℕ) : x = x := by sorry", header="", retrieved=retrieved)
     assert state.pick(_prompt(outside)) is state.default
+
+
+def test_the_demo_directory_is_its_own_emptied_at_each_start_and_never_shared(tmp_path: Path) -> None:
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("not the demo's")
+    with pytest.raises(LaunchError, match="did not write"):
+        Demo.prepare(foreign)
+    assert (foreign / "notes.txt").exists()
+
+    first = Demo.prepare(tmp_path / "demo")
+    (first.directory / "left-over").write_text("from the last demo")
+    with pytest.raises(LaunchError, match="another demo runs"):  # while the first one's `up` holds it
+        Demo.prepare(tmp_path / "demo")
+    first._lock.close()  # that `up` exited
+    second = Demo.prepare(tmp_path / "demo")
+    assert not (second.directory / "left-over").exists()
+    assert sorted(p.name for p in (second.directory / "sample").iterdir()) == sorted(
+        f"{problem.name}.lean" for problem in load_sample()
+    )
+    second._lock.close()
 
 
 def test_the_readme_section_shows_the_sample_as_scripted() -> None:
