@@ -89,7 +89,17 @@ class LeanSettings(BaseModel):
     feedback_errors: int = Field(8, ge=1, description="Errors shown to the model in the next round.")
     import_timeout_s: float = Field(900.0, gt=0, description="Limit of starting one REPL (importing the header).")
     sandbox_network: bool = Field(True, description="Give each REPL its own network namespace (fails closed).")
-    sandbox_user: str = Field("nobody", description="Unprivileged user the REPL runs as when the worker is root.")
+    sandbox_uid_base: int = Field(
+        50000, ge=1, description="First uid (and gid) of the range each REPL and replay gets one of its own from."
+    )
+    sandbox_uid_count: int = Field(
+        1000, ge=1, description="Uids in that range: at least the REPLs and replays alive at once, across workers."
+    )
+    sandbox_shared_uid: bool = Field(
+        False,
+        description="Let a worker that cannot switch uids (not root with CAP_SETUID/CAP_SETGID) run REPLs under its "
+        "own uid, where submitted code can read its files; otherwise it refuses to start.",
+    )
     replay_cmd: str | None = Field(
         None,
         description="Command that starts the kernel replay program (services/lean/lean_files), which alone decides a "

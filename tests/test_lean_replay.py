@@ -194,7 +194,7 @@ def test_take_pickle_trusts_nothing_about_the_file(tmp_path) -> None:
         source.write_bytes(b"x" * 2048)
         copy = take_pickle(source, out / "a.olean", max_bytes=4096)
         assert copy.read_bytes() == b"x" * 2048 and (copy.stat().st_mode & 0o777) == 0o444
-        assert (out.stat().st_mode & 0o777) == 0o755  # the sandbox user reads, never writes
+        assert (out.stat().st_mode & 0o777) == 0o700  # the worker's alone: the launcher copies the files in
         with pytest.raises(PickleError, match="larger than"):
             take_pickle(source, out / "b.olean", max_bytes=1024)
         link = tmp_path / "link.olean"
@@ -315,14 +315,13 @@ def replay_commands(settings: LeanSettings, commands: list[str], reference: str 
             ref_env = process.request(reference, header_env, deadline=deadline).env
             assert ref_env is not None
             process.pickle(ref_env, process.tmpdir / "ref.olean", deadline=deadline)
-            ref_path = take_pickle(process.tmpdir / "ref.olean", workdir / "reference.olean", 64 << 20)
+            ref_path = process.take_file("ref.olean", workdir / "reference.olean", 64 << 20, stop=False)
         for command in commands:
             reply = process.request(command, env, deadline=deadline)
             assert reply.env is not None, reply
             env = reply.env
         process.pickle(env, process.tmpdir / "cand.olean", deadline=deadline)
-        candidate = take_pickle(process.tmpdir / "cand.olean", workdir / "candidate.olean", 64 << 20)
-        process.kill()
+        candidate = process.take_file("cand.olean", workdir / "candidate.olean", 64 << 20, stop=True)
         return run_replay(
             settings, workdir=workdir, candidate=candidate, reference=ref_path, imports=HEADER_IMPORTS, theorems=names
         )

@@ -52,7 +52,7 @@ from services.lean.policy import (
 from services.lean.pool import HeaderError, Lease, ReplPool
 from services.lean.process import ReplFailure
 from services.lean.protocol import LeanMessage, ReplReply, Sorry
-from services.lean.replay import PickleError, new_workdir, run_replay, take_pickle
+from services.lean.replay import PickleError, new_workdir, run_replay
 from services.lean.setup import mathlib_revision
 from services.leantext import parse_statement
 from services.settings import LeanSettings
@@ -260,9 +260,9 @@ class LeanChecker:
                 return _Outcome(Verdict.FAIL, [*compiled.messages, note], problem, axioms, compiled.sorries)
             candidate = None
             if workdir is not None:
-                candidate = self._pickle(lease, compiled.env, workdir, "candidate", deadline)
-                # Nothing of the process that wrote the file may still run while the replay reads it.
+                # Nothing of the process that wrote the file may still run while it is read and replayed.
                 lease.retire = "claimed a pass: retired before its environment file is replayed"
+                candidate = self._pickle(lease, compiled.env, workdir, "candidate", deadline, last=True)
         except ReplFailure as failure:
             lease.broken = f"{failure.kind}: {failure.detail}"
             return _failure_outcome(failure, limit)
@@ -311,15 +311,17 @@ class LeanChecker:
         printed, problem = _type_of(lease, name, reply.env, deadline)
         if not problem:
             self._remember_reference((header, formal_statement), printed)
-        return self._pickle(lease, reply.env, workdir, "reference", deadline), ""
+        return self._pickle(lease, reply.env, workdir, "reference", deadline, last=False), ""
 
-    def _pickle(self, lease: Lease, env: int, workdir: Path, what: str, deadline: float) -> Path:
-        """Have the REPL write environment `env` into its private dir, then take the file out of its reach."""
-        source = lease.process.tmpdir / f"{what}-{secrets.token_hex(8)}.olean"
-        reply = lease.process.pickle(env, source, deadline=deadline)
+    def _pickle(self, lease: Lease, env: int, workdir: Path, what: str, deadline: float, *, last: bool) -> Path:
+        """Have the REPL write environment `env` into its private dir, then take the file out of its reach. `last`:
+        the REPL has run model code and is asked nothing more, so every process of it is ended before the file is
+        read (nothing can change it meanwhile); the reference is taken before any model code was sent."""
+        name = f"{what}-{secrets.token_hex(8)}.olean"
+        reply = lease.process.pickle(env, lease.process.tmpdir / name, deadline=deadline)
         if reply.error is not None or reply.env != env:
             raise PickleError(f"`pickleTo` failed: {reply.error or reply.raw}")
-        return take_pickle(source, workdir / f"{what}.olean", self.settings.max_pickle_mb << 20)
+        return lease.process.take_file(name, workdir / f"{what}.olean", self.settings.max_pickle_mb << 20, stop=last)
 
     def _remember_reference(self, key: tuple[str, str], printed: str) -> None:
         with self._reference_lock:

@@ -28,11 +28,8 @@ from typing import Any
 
 from services.errors import LeanError, RequestError
 from services.lean.policy import header_parts
-from services.lean.process import (
-    ReplFailure,
-    ReplProcess,
-    SandboxConfig,
-)
+from services.lean.process import ReplFailure, ReplProcess
+from services.lean.sandbox import SandboxConfig, SandboxUnavailable, protect_worker, require_isolation
 from services.settings import LeanSettings
 
 logger = logging.getLogger(__name__)
@@ -86,13 +83,19 @@ class ReplPool:
         self.size = settings.pool_size or os.cpu_count() or 1
         self.target = self.size + settings.spares
         self.imports, self.default_rest = header_parts(settings.header)
-        self.sandbox = SandboxConfig(
-            enabled=settings.sandbox,
-            network=settings.sandbox_network,
-            user=settings.sandbox_user,
-            address_space_mb=settings.address_space_mb,
-            cpu_limit_s=settings.cpu_limit_s,
-        )
+        self.sandbox = SandboxConfig.from_settings(settings)
+        try:
+            own_uids = require_isolation(self.sandbox)  # fail closed before any REPL starts
+        except SandboxUnavailable as exc:
+            raise LeanError(str(exc), transient=False) from exc
+        if settings.sandbox:
+            protect_worker()
+            if not own_uids:
+                logger.warning(
+                    "REPLs run under the worker's uid %s (OPROVER_LEAN_SANDBOX_SHARED_UID=true): submitted code can "
+                    "read the worker's files and other REPLs' (docs/lean.md, Sandbox)",
+                    os.geteuid(),
+                )
         self._ready: queue.Queue[Repl] = queue.Queue()
         self._slots = threading.BoundedSemaphore(self.size)
         self._lock = threading.Lock()
@@ -187,6 +190,8 @@ class ReplPool:
                 max_output_bytes=s.max_output_bytes,
                 max_rss_mb=s.max_rss_mb,
             )
+        except SandboxUnavailable as exc:
+            raise SpawnError(f"sandbox unavailable: {exc}", transient=exc.transient) from exc
         except (OSError, ValueError) as exc:
             raise SpawnError(f"cannot run OPROVER_LEAN_CMD {s.cmd!r}: {exc}", transient=False) from exc
         deadline = time.monotonic() + s.import_timeout_s
@@ -325,14 +330,14 @@ class ReplPool:
     def _give_back(self, lease: Lease) -> None:
         repl = lease.repl
         repl.checks += 1
+        if lease.retire and not lease.broken:  # (already ended when it handed its environment file out)
+            self._discard(repl, reason=lease.retire, kill=True, stat="retired")
+            return
         if lease.broken or not repl.process.alive():
             self._discard(repl, reason=lease.broken or "died", kill=True)
             return
         if repl.process.stray_output():  # e.g. a reply forged ahead for the next check: never hand it on
             self._discard(repl, reason="output outside a reply", kill=True)
-            return
-        if lease.retire:
-            self._discard(repl, reason=lease.retire, kill=True, stat="retired")
             return
         if repl.checks >= self.settings.max_checks_per_repl:
             self._discard(repl, reason=f"recycled after {repl.checks} checks", recycle=True)

@@ -1,9 +1,10 @@
-"""One REPL process: spawn (sandboxed), one request at a time with a wall-clock deadline, an output cap and a
-memory watchdog, and kill of its whole process group.
+"""One REPL process: spawn (sandboxed: services/lean/sandbox.py), one request at a time with a wall-clock deadline,
+an output cap and a memory watchdog, handoff of the files it writes, and kill of everything it started.
 
-The repl has no per-command timeout and `lake env repl` is two processes, so a hung check is ended by
-SIGKILL to the process group the REPL was started in (`process_group=0`). Reading uses `select` on the raw pipe:
-the deadline, the byte cap and the RSS watchdog are enforced while the reply is being written, never after.
+The repl has no per-command timeout and `lake env repl` is two processes, so a hung check is ended by SIGKILL to
+every process of the REPL's own uid (else of the process group it was started in, `process_group=0`). Reading
+uses `select` on the raw pipe: the deadline, the byte cap and the RSS watchdog are enforced while the reply is
+being written, never after.
 """
 
 from __future__ import annotations
@@ -12,31 +13,25 @@ import collections
 import contextlib
 import logging
 import os
-import pwd
 import select
 import shlex
-import shutil
-import signal
 import subprocess
-import sys
-import tempfile
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import psutil
 
 from services.lean.protocol import ProtocolError, ReplReply, decode_reply, encode_command, encode_pickle
+from services.lean.sandbox import PickleError, Sandbox, SandboxConfig, SandboxUnavailable, child_environment
+
+__all__ = ["PickleError", "ReplProcess", "SandboxConfig", "SandboxUnavailable", "child_environment"]
 
 logger = logging.getLogger(__name__)
 
-LAUNCHER = Path(__file__).with_name("sandbox_launch.py")
 WATCH_INTERVAL_S = 0.2  # how often RSS is sampled while a reply is awaited
 STDERR_TAIL_BYTES = 8192  # kept for diagnostics; the repl itself writes nothing there
-# Never hand secrets of the worker (Redis URL with password, API keys) to code that Lean runs.
-_SECRET_MARKERS = ("KEY", "TOKEN", "SECRET", "PASSWORD", "CREDENTIAL")
 
 
 class ReplFailure(Exception):
@@ -69,41 +64,6 @@ class ReplProtocolFailure(ReplFailure):
     kind = "protocol"
 
 
-class SandboxUnavailable(ReplFailure):
-    kind = "sandbox"
-
-
-@dataclass(frozen=True)
-class SandboxConfig:
-    enabled: bool = True
-    network: bool = True  # require a network namespace
-    user: str | None = "nobody"  # used only when the worker runs as root
-    address_space_mb: int = 0
-    cpu_limit_s: int = 0
-
-
-def sandbox_argv(cfg: SandboxConfig, private_dir: Path) -> list[str]:
-    """The launcher prefix that isolates a Lean process (network, rlimits, unprivileged user); `private_dir` (its
-    TMPDIR/HOME) is handed to that user. Used for the REPLs and for the replay program."""
-    launcher = [sys.executable, "-I", "-S", str(LAUNCHER), "--net", "isolate" if cfg.network else "keep"]
-    launcher += ["--as-mb", str(cfg.address_space_mb), "--cpu-s", str(cfg.cpu_limit_s)]
-    if os.geteuid() == 0 and cfg.user:
-        entry = pwd.getpwnam(cfg.user)
-        os.chown(private_dir, entry.pw_uid, entry.pw_gid)
-        launcher += ["--uid", str(entry.pw_uid), "--gid", str(entry.pw_gid)]
-    os.chmod(private_dir, 0o700)
-    return [*launcher, "--"]
-
-
-def child_environment(base: dict[str, str] | None = None) -> dict[str, str]:
-    env = dict(os.environ if base is None else base)
-    for key in list(env):
-        upper = key.upper()
-        if upper.startswith("OPROVER_") or any(marker in upper for marker in _SECRET_MARKERS):
-            del env[key]
-    return env
-
-
 class ReplProcess:
     """A started REPL. Not thread-safe: the pool hands it to one check at a time."""
 
@@ -121,34 +81,37 @@ class ReplProcess:
         self.sandbox = sandbox
         self.max_output_bytes = max_output_bytes
         self.max_rss_mb = max_rss_mb
-        self.tmpdir = Path(tempfile.mkdtemp(prefix="oprover-repl-"))
         argv = shlex.split(cmd)
         if not argv:
             raise ValueError("empty REPL command")
-        env = child_environment()
-        env.update({"TMPDIR": str(self.tmpdir), "HOME": str(self.tmpdir)})
-        if sandbox.enabled:
-            argv = self._sandboxed(argv)
+        self._sandbox = Sandbox(sandbox)  # its own uid, its private dir (raises SandboxUnavailable)
+        self.tmpdir = self._sandbox.private_dir
         self._buffer = b""
         self._stderr: collections.deque[bytes] = collections.deque()
         self._stderr_size = 0
-        self.proc = subprocess.Popen(
-            argv,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            cwd=str(cwd) if cwd else None,
-            env=env,
-            process_group=0,
-            close_fds=True,
-        )
+        try:
+            self.proc = subprocess.Popen(
+                self._sandbox.argv(argv),
+                stdin=subprocess.PIPE,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                cwd=str(cwd) if cwd else None,
+                env=self._sandbox.environment(),
+                process_group=0,
+                close_fds=True,
+            )
+        except BaseException:
+            self._sandbox.close(None)
+            raise
         self.pid = self.proc.pid
         self._stderr_thread = threading.Thread(target=self._drain_stderr, name=f"repl-stderr-{self.pid}", daemon=True)
         self._stderr_thread.start()
         os.set_blocking(self.proc.stdout.fileno(), False)  # type: ignore[union-attr]
 
-    def _sandboxed(self, argv: list[str]) -> list[str]:
-        return [*sandbox_argv(self.sandbox, self.tmpdir), *argv]
+    @property
+    def uid(self) -> int | None:
+        """The uid the REPL runs as when it has one of its own (None: the sandbox is off or shares the worker's)."""
+        return self._sandbox.uid
 
     # -- diagnostics ---------------------------------------------------------------------------------------
     def _drain_stderr(self) -> None:
@@ -295,15 +258,18 @@ class ReplProcess:
         tail = self.stderr_tail().strip().splitlines()[-3:]
         return f"the REPL process ended ({how})" + (": " + " | ".join(tail) if tail else "")
 
+    # -- handoff -----------------------------------------------------------------------------------------------
+    def take_file(self, name: str, destination: Path, max_bytes: int, *, stop: bool) -> Path:
+        """Copy the file `name` the REPL wrote into its private dir (`tmpdir`) to `destination`, refusing anything
+        but a regular file of the REPL's uid (`PickleError`). With `stop`, every process of the REPL is ended
+        first (it is not asked anything after); without, only for a file written before any model code was sent."""
+        return self._sandbox.take(name, destination, max_bytes, process=self.proc if stop else None)
+
     # -- ending ----------------------------------------------------------------------------------------------
     def kill(self) -> None:
-        """SIGKILL the whole process group (the REPL, `lake`, anything Lean code started) and clean up."""
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(self.pid, signal.SIGKILL)
-        with contextlib.suppress(ProcessLookupError):
-            self.proc.kill()
-        with contextlib.suppress(subprocess.TimeoutExpired):
-            self.proc.wait(timeout=10)
+        """SIGKILL everything the REPL started (the REPL, `lake`, anything Lean code started, wherever it went
+        when the REPL has a uid of its own; else its process group), remove its private dir, free its uid."""
+        self._sandbox.close(self.proc)
         self._cleanup()
 
     def close(self, grace_s: float = 2.0) -> None:
@@ -324,7 +290,6 @@ class ReplProcess:
         with contextlib.suppress(OSError, ValueError):
             if self.proc.stderr:
                 self.proc.stderr.close()
-        shutil.rmtree(self.tmpdir, ignore_errors=True)
 
     def describe(self) -> dict[str, Any]:
         return {"pid": self.pid, "alive": self.alive(), "rss_mb": round(self.rss_mb(), 1)}

@@ -4,9 +4,10 @@ The REPL elaborates submitted code, so whatever it says (replies, messages, `#pr
 forged by that code. A pass is therefore decided here, on data:
 
 1. the REPL writes the environment it ended with to a file (`pickleTo`: an .olean holding its imports and the
-   constants it added on top of them). That file is hostile input: `take_pickle` accepts only a regular file
-   (no symlink, FIFO or device), at most `max_pickle_mb`, copied into a fresh directory the worker owns, read-only
-   to the replay;
+   constants it added on top of them) in its private dir, under its own uid. That file is hostile input: it is
+   taken (`ReplProcess.take_file`) only after every process of that uid was killed, and only if it is a regular
+   file (no symlink, FIFO or device) of that uid with one link, at most `max_pickle_mb`; copied into a fresh
+   0700 directory of the worker's, from which the launcher copies it into the replay's own private dir;
 2. the replay program (`lean_files/OproverReplay.lean`, built in the Lean image; `OPROVER_LEAN_REPLAY_CMD`) runs
    in the same sandbox as a REPL, in a fresh process: it imports the header's modules from the read-only
    toolchain and Mathlib, reads the file as data, sends every new constant to the kernel
@@ -29,28 +30,21 @@ Verdict (the last line of stdout)::
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
 import shlex
-import shutil
-import signal
-import stat
 import subprocess
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
 from services.lean.policy import STANDARD_AXIOMS
-from services.lean.process import SandboxConfig, child_environment, sandbox_argv
+from services.lean.sandbox import PickleError, Sandbox, SandboxConfig, SandboxUnavailable
+from services.lean.sandbox_launch import HandoffRefused, copy_capped, open_handoff
 from services.settings import LeanSettings
 
 VERDICT_TAIL_BYTES = 64 * 1024  # the verdict is one short line; more output than this is not read
-
-
-class PickleError(Exception):
-    """The environment file a REPL wrote cannot be handed to the replay (missing, not a regular file, too big)."""
 
 
 @dataclass(frozen=True)
@@ -69,44 +63,30 @@ def name_parts(name: str) -> list[str]:
 
 
 def take_pickle(source: Path, destination: Path, max_bytes: int) -> Path:
-    """Copy the environment file a REPL wrote at `source` to `destination` (in a directory the worker created),
-    trusting nothing about it: refused unless a regular file of 1..`max_bytes` bytes; opened without following a
-    symlink and without blocking on a FIFO; the copy is read-only."""
-    flags = os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | getattr(os, "O_CLOEXEC", 0)
+    """Copy the environment file at `source`, which must belong to this process's uid, to `destination` (in a
+    directory the worker created), trusting nothing about it: refused unless a regular file of 1..`max_bytes`
+    bytes with one link; opened without following a symlink and without blocking on a FIFO; the copy is read-only.
+    (A REPL's own files are taken with `ReplProcess.take_file`, which checks the REPL's uid.)"""
     try:
-        fd = os.open(source, flags)
-    except FileNotFoundError as exc:
-        raise PickleError("the REPL wrote no environment file") from exc
-    except OSError as exc:  # ELOOP: a symlink
-        raise PickleError(f"the environment file cannot be opened safely: {exc.strerror}") from exc
+        fd = open_handoff(str(source.parent), source.name, os.geteuid(), max_bytes)
+    except HandoffRefused as exc:
+        raise PickleError(str(exc)) from exc
     try:
-        info = os.fstat(fd)
-        if not stat.S_ISREG(info.st_mode):
-            raise PickleError("the environment file is not a regular file")
-        if info.st_size == 0:
-            raise PickleError("the environment file is empty")
-        if info.st_size > max_bytes:
-            raise PickleError(f"the environment file is larger than {max_bytes // (1 << 20)} MB")
-        os.set_blocking(fd, True)
-        copied = 0
         with open(destination, "xb") as out:
-            while chunk := os.read(fd, 1 << 20):
-                copied += len(chunk)
-                if copied > max_bytes:  # it grew while being read
-                    raise PickleError(f"the environment file is larger than {max_bytes // (1 << 20)} MB")
-                out.write(chunk)
-        destination.chmod(0o444)
-        return destination
+            copy_capped(fd, out.fileno(), max_bytes)
+    except HandoffRefused as exc:
+        destination.unlink(missing_ok=True)
+        raise PickleError(str(exc)) from exc
     finally:
         os.close(fd)
+    destination.chmod(0o444)
+    return destination
 
 
 def new_workdir() -> Path:
-    """A fresh directory for one replay's input files: owned by the worker, readable (not writable) by the
-    sandbox user the replay runs as."""
-    workdir = Path(tempfile.mkdtemp(prefix="oprover-replay-"))
-    workdir.chmod(0o755)
-    return workdir
+    """A fresh directory for one replay's input files, private to the worker (0700): the launcher opens them before
+    it leaves the worker's uid and copies them into the replay's own private dir."""
+    return Path(tempfile.mkdtemp(prefix="oprover-replay-"))
 
 
 def run_replay(
@@ -121,9 +101,16 @@ def run_replay(
     """Run the replay program on files already taken into `workdir`; fail closed on anything but its verdict."""
     if not settings.replay_cmd:
         return ReplayVerdict(False, "no replay program is configured (OPROVER_LEAN_REPLAY_CMD)", infrastructure=True)
+    try:
+        sandbox = Sandbox(SandboxConfig.from_settings(settings))  # its own uid and private dir, as a REPL's
+    except SandboxUnavailable as exc:
+        return ReplayVerdict(False, f"the replay cannot be sandboxed: {exc}", infrastructure=True)
+    # The replay reads its inputs in its own private dir (the launcher copies them there) or, with the sandbox
+    # off, where the worker wrote them.
+    inputs = sandbox.private_dir if settings.sandbox else workdir
     request = {
-        "candidate": str(candidate),
-        "reference": str(reference) if reference else None,
+        "candidate": str(inputs / candidate.name),
+        "reference": str(inputs / reference.name) if reference else None,
         "imports": imports,
         "theorems": [name_parts(name) for name in theorems],
         "permittedAxioms": sorted(STANDARD_AXIOMS),
@@ -131,43 +118,29 @@ def run_replay(
     request_path = workdir / "request.json"
     request_path.write_text(json.dumps(request, ensure_ascii=False), encoding="utf-8")
     request_path.chmod(0o444)
-    private = Path(tempfile.mkdtemp(prefix="oprover-replay-tmp-"))  # its TMPDIR/HOME; it should write nothing
-    argv = [*shlex.split(settings.replay_cmd), str(request_path)]
-    if settings.sandbox:
-        sandbox = SandboxConfig(
-            enabled=True,
-            network=settings.sandbox_network,
-            user=settings.sandbox_user,
-            address_space_mb=settings.address_space_mb,
-            cpu_limit_s=settings.cpu_limit_s,
-        )
-        argv = [*sandbox_argv(sandbox, private), *argv]
-    env = child_environment()
-    env.update({"TMPDIR": str(private), "HOME": str(private)})
+    handed = [request_path, candidate, *([reference] if reference else [])]
+    argv = sandbox.argv([*shlex.split(settings.replay_cmd), str(inputs / request_path.name)], copy_in=handed)
     try:
         process = subprocess.Popen(
             argv,
             cwd=str(settings.cwd) if settings.cwd else None,
-            env=env,
+            env=sandbox.environment(),
             stdin=subprocess.DEVNULL,
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             process_group=0,
         )
     except OSError as exc:
-        shutil.rmtree(private, ignore_errors=True)
+        sandbox.close(None)
         return ReplayVerdict(False, f"the replay program could not start: {exc}", infrastructure=True)
     try:
         stdout, stderr = process.communicate(timeout=settings.replay_timeout_s)
     except subprocess.TimeoutExpired:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(process.pid, signal.SIGKILL)
+        sandbox.stop(process)
         process.communicate()
         return ReplayVerdict(False, f"the replay took longer than {settings.replay_timeout_s:g} s", infrastructure=True)
     finally:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(process.pid, signal.SIGKILL)  # nothing it started outlives it
-        shutil.rmtree(private, ignore_errors=True)
+        sandbox.close(process)  # nothing it started outlives it
     return read_verdict(
         stdout[-VERDICT_TAIL_BYTES:],
         stderr[-VERDICT_TAIL_BYTES:],

@@ -1,49 +1,219 @@
-"""Sandbox launcher: isolates this process, then `exec`s the REPL command. Standard library only.
+"""Sandbox launcher: isolates this process, then `exec`s a Lean command; or ends a sandbox uid's processes and hands
+one file of its private dir to the worker. Standard library only.
 
-Run by the pool as ``python -I -S sandbox_launch.py [options] -- CMD ARGS...`` (a fresh process, so no threads
-are forked and nothing here needs the project importable). In order:
+Run by the worker as ``python -I -S sandbox_launch.py [options] -- CMD ARGS...`` (a fresh process, so no threads
+are forked and nothing here needs the project importable). To start a REPL or the replay, in order:
 
-1. a new network namespace, so the REPL sees only a loopback that is down: ``unshare(CLONE_NEWNET)`` when we hold
-   CAP_SYS_ADMIN (root), else ``unshare(CLONE_NEWUSER | CLONE_NEWNET)`` (unprivileged user namespaces). If neither
-   works and ``--net isolate`` was asked, it exits 126 with a message: the sandbox fails closed;
-2. resource limits: RLIMIT_AS (address space), RLIMIT_CPU, no core files;
-3. when running as root, drop to the unprivileged ``--uid``/``--gid`` with no supplementary groups, so the
-   toolchain, Mathlib and everything outside the private temp dir are read-only to it;
-4. ``exec`` the command (it keeps the pid, so the pool's process group and RSS accounting see the REPL itself).
+1. files the worker hands to the command (``--copy-in``, the replay's request and environment files) are opened
+   while this process still has the worker's uid: they stay in a directory only the worker can read;
+2. a network namespace when we hold CAP_SYS_ADMIN (``unshare(CLONE_NEWNET)``, the root-with-all-capabilities case);
+3. resource limits: RLIMIT_AS (address space), RLIMIT_CPU, no core files;
+4. ``--uid``/``--gid``: drop to that uid and gid (the worker holds CAP_SETUID/CAP_SETGID), no supplementary
+   groups; then every process already running under that uid is killed (the pool leases the uid to this process
+   alone; a leftover can only come from a worker that died holding it);
+5. ``--private-dir``: created here, mode 0700, owned by the uid the command runs as; the ``--copy-in`` files are
+   copied into it, read-only;
+6. without a network namespace yet: ``unshare(CLONE_NEWUSER | CLONE_NEWNET)`` as that unprivileged uid. If no
+   network namespace can be made and ``--net isolate`` was asked, exit 126 with a message (fails closed);
+7. ``PR_SET_NO_NEW_PRIVS``: nothing the command runs can gain privileges through a setuid binary, so every
+   process it leaves behind keeps its uid and is found by the reaping below;
+8. ``exec`` the command (it keeps the pid, so the pool's process group and RSS accounting see the REPL itself).
+
+``--reap`` (with ``--uid``): drop to the uid, become non-dumpable (no process of that uid may trace this one),
+kill every process running under the uid (``kill(-1)`` as that uid, repeated until none is left), optionally hand
+the file ``--take NAME`` of ``--private-dir`` out on stdout, then remove the private dir. ``--take`` without
+``--reap`` hands the file out while the uid's process still runs (the reference environment, written before that
+process was sent any model code). A file is handed out only if it is a regular file (no symlink, FIFO or device)
+owned by the uid with one link, 1..``--max-bytes`` bytes; else exit 3 with the reason on stderr.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import ctypes
 import os
 import resource
+import shutil
+import signal
+import stat
 import sys
+import time
 
 CLONE_NEWNET = 0x40000000
 CLONE_NEWUSER = 0x10000000
+PR_SET_DUMPABLE = 4
+PR_SET_NO_NEW_PRIVS = 38
 EXIT_SANDBOX = 126
+EXIT_REFUSED = 3
+EXIT_LEFTOVER = 4  # the file was handed out, but the private dir could not be removed
 MARK = "oprover-sandbox:"
+REAP_TIMEOUT_S = 10.0
+
+
+class HandoffRefused(Exception):
+    """A file a sandboxed process left for the worker is not one the worker may read."""
+
+
+def _libc() -> ctypes.CDLL:
+    return ctypes.CDLL(None, use_errno=True)
 
 
 def _unshare(flags: int) -> int:
-    libc = ctypes.CDLL(None, use_errno=True)
-    if libc.unshare(flags) != 0:
+    if _libc().unshare(flags) != 0:
         return ctypes.get_errno()
     return 0
 
 
-def isolate_network() -> str:
-    errno_root = _unshare(CLONE_NEWNET)
-    if errno_root == 0:
-        return "netns"
-    errno_user = _unshare(CLONE_NEWUSER | CLONE_NEWNET)
-    if errno_user == 0:
-        return "userns+netns"
-    raise OSError(
-        f"cannot create a network namespace (unshare: {os.strerror(errno_root)}; with a user namespace: "
-        f"{os.strerror(errno_user)})"
-    )
+def _prctl(option: int, value: int) -> None:
+    if _libc().prctl(option, value, 0, 0, 0) != 0:
+        raise OSError(ctypes.get_errno(), os.strerror(ctypes.get_errno()))
+
+
+def drop_to(uid: int, gid: int) -> None:
+    os.setgroups([])
+    os.setgid(gid)
+    os.setuid(uid)
+    if os.getuid() != uid or os.geteuid() != uid or os.getegid() != gid:
+        raise OSError(f"still running as uid {os.geteuid()} gid {os.getegid()}")
+
+
+def _live_pids_of(uid: int) -> list[int]:
+    """Processes of `uid` other than this one that still run (zombies cannot run anything)."""
+    found = []
+    me = os.getpid()
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit() or int(entry) == me:
+            continue
+        try:
+            with open(f"/proc/{entry}/status") as handle:
+                fields = dict(line.split(":", 1) for line in handle if ":" in line)
+        except OSError:  # gone meanwhile
+            continue
+        uids = fields.get("Uid", "").split()
+        state = fields.get("State", "").strip()[:1]
+        if uid in {int(u) for u in uids} and state not in {"Z", "X"}:
+            found.append(int(entry))
+    return found
+
+
+def kill_uid_processes(uid: int, timeout_s: float = REAP_TIMEOUT_S) -> list[int]:
+    """Kill every process of `uid` (this process must run as `uid`): `kill(-1)` signals all of them at once (the
+    kernel holds the process list while it does, so a fork cannot slip through), repeated until none runs.
+    Returns the pids that survived the timeout (empty on success)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(-1, signal.SIGKILL)
+        survivors = _live_pids_of(uid)
+        if not survivors or time.monotonic() > deadline:
+            return survivors
+        time.sleep(0.01)
+
+
+def open_handoff(directory: str, name: str, owner: int, max_bytes: int) -> int:
+    """An fd of `directory`/`name`, refused (`HandoffRefused`) unless the directory and file are no symlinks,
+    the file is a regular file of 1..`max_bytes` bytes owned by `owner` with a single link. Never blocks on a
+    FIFO. The caller closes the fd."""
+    try:
+        dir_fd = os.open(directory, os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except FileNotFoundError as exc:
+        raise HandoffRefused("the private directory is gone") from exc
+    except OSError as exc:
+        raise HandoffRefused(f"the private directory cannot be opened safely: {exc.strerror}") from exc
+    try:
+        fd = os.open(name, os.O_RDONLY | os.O_NOFOLLOW | os.O_NONBLOCK | os.O_CLOEXEC, dir_fd=dir_fd)
+    except FileNotFoundError as exc:
+        raise HandoffRefused("the REPL wrote no environment file") from exc
+    except OSError as exc:  # ELOOP: a symlink
+        raise HandoffRefused(f"the environment file cannot be opened safely: {exc.strerror}") from exc
+    finally:
+        os.close(dir_fd)
+    try:
+        info = os.fstat(fd)
+        if not stat.S_ISREG(info.st_mode):
+            raise HandoffRefused("the environment file is not a regular file")
+        if info.st_uid != owner:
+            raise HandoffRefused(f"the environment file belongs to uid {info.st_uid}, not to uid {owner}")
+        if info.st_nlink != 1:
+            raise HandoffRefused("the environment file has more than one link")
+        if info.st_size == 0:
+            raise HandoffRefused("the environment file is empty")
+        if info.st_size > max_bytes:
+            raise HandoffRefused(f"the environment file is larger than {max_bytes // (1 << 20)} MB")
+        os.set_blocking(fd, True)
+    except BaseException:
+        os.close(fd)
+        raise
+    return fd
+
+
+def copy_capped(source_fd: int, out_fd: int, max_bytes: int) -> int:
+    """Copy until EOF; `HandoffRefused` past `max_bytes` (a file that grew while it was read)."""
+    copied = 0
+    while chunk := os.read(source_fd, 1 << 20):
+        copied += len(chunk)
+        if copied > max_bytes:
+            raise HandoffRefused(f"the environment file is larger than {max_bytes // (1 << 20)} MB")
+        view = memoryview(chunk)
+        while view:
+            view = view[os.write(out_fd, view) :]
+    return copied
+
+
+def _remove_tree(path: str) -> None:
+    def writable_then_retry(function, target, _exc) -> None:  # a dir the command made unreadable to itself
+        parent = os.path.dirname(target)
+        for each in (parent, target):
+            if os.path.isdir(each) and not os.path.islink(each):
+                with contextlib.suppress(OSError):
+                    os.chmod(each, 0o700)
+        try:
+            function(target)
+        except FileNotFoundError:
+            pass
+        except IsADirectoryError:
+            shutil.rmtree(target, ignore_errors=True)
+
+    if os.path.lexists(path):
+        shutil.rmtree(path, onerror=writable_then_retry)
+
+
+def hand_out(args: argparse.Namespace) -> int:
+    """`--reap` / `--take`: run as the sandbox uid, never as the worker."""
+    try:
+        drop_to(args.uid, args.gid if args.gid >= 0 else args.uid)
+        _prctl(PR_SET_DUMPABLE, 0)
+    except OSError as exc:
+        sys.stderr.write(f"{MARK} cannot switch to uid {args.uid}: {exc}\n")
+        return EXIT_SANDBOX
+    if args.reap:
+        survivors = kill_uid_processes(args.uid)
+        if survivors:
+            sys.stderr.write(f"{MARK} processes of uid {args.uid} survive SIGKILL: {survivors[:10]}\n")
+            return EXIT_SANDBOX
+    status = 0
+    if args.take:
+        try:
+            fd = open_handoff(args.private_dir, args.take, args.uid, args.max_bytes)
+            try:
+                copy_capped(fd, sys.stdout.fileno(), args.max_bytes)
+            finally:
+                os.close(fd)
+        except HandoffRefused as exc:
+            sys.stderr.write(f"{exc}\n")
+            status = EXIT_REFUSED
+    if args.reap and args.private_dir:
+        for attempt in range(3):
+            try:
+                _remove_tree(args.private_dir)
+                break
+            except OSError as exc:
+                if attempt == 2:
+                    sys.stderr.write(f"{MARK} cannot remove {args.private_dir}: {exc}\n")
+                    return status or EXIT_LEFTOVER
+                time.sleep(0.1)
+    return status
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -53,35 +223,71 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cpu-s", type=int, default=0)
     parser.add_argument("--uid", type=int, default=-1)
     parser.add_argument("--gid", type=int, default=-1)
+    parser.add_argument("--private-dir", default="")
+    parser.add_argument("--copy-in", action="append", default=[])
+    parser.add_argument("--reap", action="store_true")
+    parser.add_argument("--take", default="")
+    parser.add_argument("--max-bytes", type=int, default=64 << 20)
     parser.add_argument("cmd", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
+    if args.reap or args.take:
+        if args.uid < 0:
+            parser.error("--reap and --take need --uid")
+        return hand_out(args)
     cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
     if not cmd:
         parser.error("no command to run")
 
-    if args.net == "isolate":
-        try:
-            isolate_network()
-        except OSError as exc:
-            sys.stderr.write(f"{MARK} {exc}; refusing to start the REPL without network isolation\n")
-            return EXIT_SANDBOX
+    try:
+        handed = [(os.path.basename(p), os.open(p, os.O_RDONLY | os.O_NOFOLLOW | os.O_CLOEXEC)) for p in args.copy_in]
+    except OSError as exc:
+        sys.stderr.write(f"{MARK} cannot open a file to hand over: {exc}\n")
+        return EXIT_SANDBOX
+    isolated = args.net == "isolate" and _unshare(CLONE_NEWNET) == 0
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     if args.as_mb > 0:
         limit = args.as_mb * 1024 * 1024
         resource.setrlimit(resource.RLIMIT_AS, (limit, limit))
     if args.cpu_s > 0:  # SIGXCPU at the soft limit, SIGKILL at the hard one
         resource.setrlimit(resource.RLIMIT_CPU, (args.cpu_s, args.cpu_s + 5))
-    if args.uid >= 0 and os.geteuid() == 0:
+    if args.uid >= 0:
         try:
-            os.setgroups([])
-            os.setgid(args.gid if args.gid >= 0 else args.uid)
-            os.setuid(args.uid)
+            drop_to(args.uid, args.gid if args.gid >= 0 else args.uid)
         except OSError as exc:
             sys.stderr.write(f"{MARK} cannot drop to uid {args.uid}: {exc}\n")
             return EXIT_SANDBOX
-        if os.geteuid() != args.uid:
-            sys.stderr.write(f"{MARK} still running as uid {os.geteuid()}\n")
+        survivors = kill_uid_processes(args.uid)
+        if survivors:
+            sys.stderr.write(f"{MARK} processes of uid {args.uid} survive SIGKILL: {survivors[:10]}\n")
             return EXIT_SANDBOX
+    if args.private_dir:
+        try:
+            os.mkdir(args.private_dir, 0o700)  # fails if anyone made it first
+            os.chmod(args.private_dir, 0o700)  # whatever the umask
+            for name, fd in handed:
+                out = os.open(os.path.join(args.private_dir, name), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o400)
+                try:
+                    copy_capped(fd, out, 1 << 40)
+                finally:
+                    os.close(out)
+        except OSError as exc:
+            sys.stderr.write(f"{MARK} cannot prepare the private directory: {exc}\n")
+            return EXIT_SANDBOX
+    for _, fd in handed:
+        os.close(fd)
+    if args.net == "isolate" and not isolated:
+        errno_user = _unshare(CLONE_NEWUSER | CLONE_NEWNET)
+        if errno_user != 0:
+            sys.stderr.write(
+                f"{MARK} cannot create a network namespace (unshare: no CAP_SYS_ADMIN; with a user namespace: "
+                f"{os.strerror(errno_user)}); refusing to start without network isolation\n"
+            )
+            return EXIT_SANDBOX
+    try:
+        _prctl(PR_SET_NO_NEW_PRIVS, 1)
+    except OSError as exc:
+        sys.stderr.write(f"{MARK} cannot set no_new_privs: {exc}\n")
+        return EXIT_SANDBOX
     try:
         os.execvp(cmd[0], cmd)
     except OSError as exc:
