@@ -5,7 +5,7 @@ Two JSONL files, written job by job so an export of millions of rounds never hol
 * `--out`: one line per round: `(statement, retrieved proofs, previous attempt, Lean's feedback) -> attempt`
   with its verdict. `messages` is the chat the model was sent for that round, rebuilt from the job's record with
   the job's prompt profile by the very code the generate worker uses (`PromptProfile.messages` on a `ProofTask`
-  built by the worker's own `workers.jobs.round_task`), so it is what the
+  built by `services.rounds.round_task`, as the worker builds it), so it is what the
   model saw byte for byte as long as the profile file is unchanged (profiles are versioned; `prompt_profile`
   names it). The assistant turn is the attempt's extracted Lean code in a ```lean4 block: the raw completion
   (its reasoning) is not kept on the job. The structured fields carry the same parts for other formats.
@@ -68,10 +68,11 @@ def job_ids_of_results(path: Path) -> list[str]:
 def round_examples(store: Any, job: dict[str, Any], prompt_dir: Path | None) -> list[dict[str, Any]]:
     """One example per generated attempt of a finished job, chain by chain, round by round."""
     from services.prompts import load_profile
-    from workers.jobs import round_task
+    from services.rounds import round_task
 
     spec = store.spec(job["id"])
     retrieved = store.retrieved(job["id"]) or []
+    by_round = {(a["chain"], a["round"]): a for a in job["attempts"]}
     examples = []
     for attempt in job["attempts"]:
         if attempt.get("code") is None and attempt.get("verdict") != "no_code":
@@ -80,7 +81,7 @@ def round_examples(store: Any, job: dict[str, Any], prompt_dir: Path | None) -> 
             continue  # written before profiles were recorded: the prompt cannot be rebuilt
         chain, round_ = attempt["chain"], attempt["round"]
         profile = load_profile(attempt["prompt_profile"], extra_dir=prompt_dir)
-        task = round_task(store, job["id"], spec, retrieved, chain, round_)
+        task = round_task(spec, retrieved, round_, by_round.get((chain, round_ - 1)))
         code = attempt.get("code")
         examples.append(
             {

@@ -40,7 +40,7 @@ import redis
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
-from tests.harness import ServiceHarness, _free_port  # noqa: E402 - after the path set-up above
+from tests.harness import ServiceHarness, free_port  # noqa: E402 - after the path set-up above
 
 STATEMENT = "theorem bench_latency (x : ℝ) (h : 0 < x) : 0 < x ^ 2 := by\n"
 FAILING = f"```lean4\n{STATEMENT}  nlinarith [h] -- FAIL_ME\n```"
@@ -63,7 +63,7 @@ class Service:
 
     def __init__(self) -> None:
         self.dir = Path(tempfile.mkdtemp(prefix="oprover-bench-"))
-        port = _free_port()
+        port = free_port()
         self.redis_process = subprocess.Popen(
             ["redis-server", "--port", str(port), "--save", "", "--appendonly", "no", "--dir", str(self.dir)],
             stdout=subprocess.DEVNULL,
@@ -132,20 +132,27 @@ def redis_cost(service: Service, rounds: int) -> dict[str, Any]:
     def calls() -> int:
         return sum(by_command().values())
 
+    def reads() -> int:
+        # Socket reads the server processed: one per round trip of a client (a pipeline arrives in one read),
+        # whereas commandstats counts a pipeline's every command.
+        return int(conn.info("stats")["total_reads_processed"])
+
     pings = []
     for _ in range(200):
         t0 = time.perf_counter()
         conn.ping()
         pings.append(1000 * (time.perf_counter() - t0))
     time.sleep(1.0)
-    idle_before = by_command()
+    idle_before, idle_reads_before = by_command(), reads()
     time.sleep(2.0)
-    idle_after = by_command()
+    idle_after, idle_reads_after = by_command(), reads()
+    idle_reads_per_s = (idle_reads_after - idle_reads_before - 2) / 2.0  # less our own INFO calls
     idle = {k: (v - idle_before.get(k, 0)) / 2.0 for k, v in idle_after.items()}  # heartbeats, blocking dequeues
     idle_per_s = sum(idle.values()) - 0.5  # less our own INFO
     with httpx.Client(base_url=service.url, timeout=30) as client:
         before_by = by_command()
         before = sum(before_by.values())
+        reads_before = reads()
         started = time.perf_counter()
         job_id = client.post("/v1/prove", json={"formal_statement": STATEMENT, "rounds": rounds, "attempts": 1,
                                                 "top_k": 0}).json()["id"]  # fmt: skip
@@ -156,6 +163,7 @@ def redis_cost(service: Service, rounds: int) -> dict[str, Any]:
         elapsed = time.perf_counter() - started
         after_by = by_command()
         spent = sum(after_by.values()) - before - polls - 1 - 2  # our own polls and INFO calls
+        trips = reads() - reads_before - polls - 1 - 2
     conn.close()
     top = {
         k: (after_by[k] - before_by.get(k, 0) - idle.get(k, 0) * elapsed - (polls if k == "hget" else 0)) / rounds
@@ -166,6 +174,7 @@ def redis_cost(service: Service, rounds: int) -> dict[str, Any]:
         "top": ", ".join(f"{k} {v:.0f}" for k, v in sorted(top.items(), key=lambda kv: -kv[1])[:10] if v >= 1),
         "ping_p50_ms": statistics.median(pings),
         "commands_per_round": (spent - idle_per_s * elapsed) / rounds,
+        "round_trips_per_round": (trips - idle_reads_per_s * elapsed) / rounds,
         "idle_commands_per_s": idle_per_s,
     }
 
@@ -296,6 +305,8 @@ def main(argv: list[str] | None = None) -> int:
           f"{_pct(direct['extract'], 0.9):.2f} |")  # fmt: skip
     print(f"| Redis commands per round, all processes (idle traffic of {cost['idle_commands_per_s']:.0f}/s "
           f"taken out) | {cost['commands_per_round']:.0f} | |")  # fmt: skip
+    print(f"| Redis round trips per round, all processes (socket reads the server processed, idle taken out) | "
+          f"{cost['round_trips_per_round']:.0f} | |")  # fmt: skip
     print(f"| one Redis round trip (PING) from this process | {cost['ping_p50_ms']:.2f} | |")
     print(f"| commands per round by name (top 10) | {cost['top']} | |")
     print("\n### Gateway under concurrent load\n")

@@ -47,13 +47,41 @@ class JobSpec:
     metadata: dict[str, Any] = field(default_factory=dict)
     user: str | None = None  # the end user the client named (OpenAI's `user`), kept for the client's records
     callback_url: str | None = None  # the finished job is POSTed there once (workers/callbacks.py)
+    # Never retrieved into this job's prompts (the request's `exclude`): statements by body hash
+    # (services.memory.body_hash) and problem names, e.g. a whole benchmark while `oprover eval` runs it.
+    exclude_hashes: list[str] = field(default_factory=list)
+    exclude_names: list[str] = field(default_factory=list)
 
     def to_json(self) -> str:
         return json.dumps(asdict(self), ensure_ascii=False)
 
     @classmethod
     def from_json(cls, raw: str | bytes) -> JobSpec:
-        return cls(**json.loads(raw))
+        """A stored spec; fields added later take their defaults, and fields this version does not know (written
+        by a newer gateway during a rolling upgrade) are left out rather than failing every step of the job."""
+        stored = json.loads(raw)
+        return cls(**{name: value for name, value in stored.items() if name in _SPEC_FIELDS})
+
+
+_SPEC_FIELDS = frozenset(JobSpec.__dataclass_fields__)
+
+
+@dataclass(frozen=True)
+class RoundState:
+    """What one step of a round (chain, round) reads of its job before it works: `JobStore.round_state`."""
+
+    status: JobStatus | None  # None: the job is gone (expired)
+    spec: JobSpec | None
+    interactive: bool  # someone waits: its rounds go to the priority queue (workers/dispatch.py)
+    retrieved: list[RetrievedProof] | None  # None: not searched yet
+    proved_by: tuple[int, int] | None  # (chain, round) of the proof, once proved
+    attempt: dict[str, Any] | None  # this round's attempt, once generated
+    previous: dict[str, Any] | None  # the chain's previous round's attempt (round > 1)
+
+    @property
+    def finished(self) -> bool:
+        """Terminal or gone: the cooperative cancellation flag every step checks first."""
+        return self.status is None or self.status in TERMINAL_STATUSES
 
 
 @dataclass(frozen=True)
@@ -147,7 +175,8 @@ return 2
 # maxlen, then prompt and completion tokens when the attempt spent a generation, and the two halves of the owner's
 # daily token counter name around the owner id plus its TTL (the per-key daily budget, api/quotas.py). That counter
 # is named from the job's owner field, which only the script reads: fine on one Redis; on Redis Cluster it would
-# need the owner's slot.
+# need the owner's slot. Returns the job's status after the write (0: no such job), so the step that wrote the
+# attempt learns whether the job ended meanwhile without another round trip.
 _PUT_ATTEMPT = """
 if redis.call('EXISTS', KEYS[1]) == 0 then return 0 end
 redis.call('HSET', KEYS[2], ARGV[1], ARGV[2])
@@ -165,7 +194,7 @@ if ARGV[6] then
   end
 end
 redis.call('XADD', KEYS[3], 'MAXLEN', '~', ARGV[5], '*', 'type', ARGV[3], 'data', ARGV[4])
-return 1
+return redis.call('HGET', KEYS[1], 'status')
 """
 
 
@@ -282,6 +311,23 @@ class JobStore:
             "error": rec.get("error"),
         }
 
+    def round_state(self, job_id: str, chain: int, round_: int) -> RoundState:
+        """Everything a round's step reads before it works, in one round trip (each read was one before)."""
+        with self.redis.pipeline(transaction=False) as pipe:
+            pipe.hmget(keys.job_key(job_id), ["status", "spec", "priority", "retrieved", "proved_by"])
+            pipe.hmget(keys.attempts_key(job_id), [f"{chain}:{round_}", f"{chain}:{round_ - 1}"])
+            (status, spec, priority, retrieved, proved_by), (attempt, previous) = pipe.execute()
+        winner = json.loads(proved_by) if proved_by else None
+        return RoundState(
+            status=JobStatus(_text(status)) if status is not None else None,
+            spec=JobSpec.from_json(spec) if spec is not None else None,
+            interactive=priority == b"interactive",
+            retrieved=None if retrieved is None else [RetrievedProof(**item) for item in json.loads(retrieved)],
+            proved_by=(winner["chain"], winner["round"]) if winner else None,
+            attempt=json.loads(attempt) if attempt else None,
+            previous=json.loads(previous) if previous and round_ > 1 else None,
+        )
+
     # --- attempts ------------------------------------------------------------------------------------------
     def attempt(self, job_id: str, chain: int, round_: int) -> dict[str, Any] | None:
         raw = self.redis.hget(keys.attempts_key(job_id), f"{chain}:{round_}")
@@ -289,8 +335,9 @@ class JobStore:
 
     def put_attempt(
         self, job_id: str, attempt: dict[str, Any], *, event: str, usage: dict[str, int] | None = None
-    ) -> bool:
-        """Write (or rewrite) one attempt and announce it; False if the job no longer exists.
+    ) -> JobStatus | None:
+        """Write (or rewrite) one attempt and announce it; returns the job's status after the write, None if the
+        job no longer exists (a step reads there whether the job ended meanwhile, in the same round trip).
 
         Only one stage owns an attempt at a time (generate writes it, then verify completes it).
         """
@@ -307,10 +354,10 @@ class JobStore:
             args += [int(usage.get("prompt_tokens", 0)), int(usage.get("completion_tokens", 0))]
             head, _, tail = keys.quota_tokens_key("\0", utc_day()).partition("\0")
             args += [head, tail, keys.QUOTA_TOKENS_TTL_S]
-        written = self._put_attempt(
+        status = self._put_attempt(
             keys=[keys.job_key(job_id), keys.attempts_key(job_id), keys.events_key(job_id)], args=args
         )
-        return bool(written)
+        return JobStatus(_text(status)) if status else None
 
     def retrieved(self, job_id: str) -> list[RetrievedProof] | None:
         raw = self.redis.hget(keys.job_key(job_id), "retrieved")

@@ -86,10 +86,13 @@ class Dispatcher:
         return True
 
     # --- the stages --------------------------------------------------------------------------------------------
-    def generate(self, job_id: str, chain: int, round_: int) -> None:
+    def generate(self, job_id: str, chain: int, round_: int, *, interactive: bool | None = None) -> None:
+        """`interactive`: whether the job is marked interactive, when the caller has read it already (a worker's
+        step has, in its `round_state`); None reads it here."""
         rq_id = keys.rq_job_id(job_id, chain, round_, "gen")
         # An interactive job's every round goes to the queue generate workers take first (services/keys.py).
-        interactive = self.redis.hget(keys.job_key(job_id), "priority") == b"interactive"
+        if interactive is None:
+            interactive = self.redis.hget(keys.job_key(job_id), "priority") == b"interactive"
         queue = keys.GENERATE_INTERACTIVE_QUEUE if interactive else keys.GENERATE_QUEUE
         self._enqueue(queue, "workers.jobs.generate_round", [job_id, chain, round_], rq_id, self.generate_timeout_s)
 

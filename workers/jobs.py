@@ -27,9 +27,10 @@ from typing import Any
 from rq.job import Job
 
 from services import metrics
-from services.domain import PreviousAttempt, ProofTask, RetrievedProof, Sampling, Verdict
+from services.domain import JobStatus, RetrievedProof, Sampling, Verdict
 from services.errors import DependencyError, MemoryError_, NotFound, RequestError
 from services.leantext import parse_statement, strip_header_lines
+from services.rounds import round_task
 from services.store import JobSpec
 from workers import context
 
@@ -62,22 +63,25 @@ def generate_round(job_id: str, chain: int, round_: int) -> dict[str, Any]:
 
     ctx = context.current()
     store = ctx.store
-    if store.is_finished(job_id):
+    # One round trip for everything the step reads (status, request, retrieved proofs, this and the previous
+    # attempt): a round's latency is mostly such round trips (docs/benchmarks.md, latency).
+    state = store.round_state(job_id, chain, round_)
+    if state.finished or state.spec is None:
         return {"skipped": "job finished"}
     generator = _need(ctx.generator, "a generator client", "generate_round")
     cancellation = _need(ctx.cancellation, "a cancellation watcher", "generate_round")
-    spec = store.spec(job_id)
-    store.mark_running(job_id)
-    recorded = store.attempt(job_id, chain, round_)
-    if recorded is not None:
-        return _resume_generated(job_id, chain, round_, spec, recorded)
+    spec = state.spec
+    if state.status is JobStatus.QUEUED:
+        store.mark_running(job_id)
+    if state.attempt is not None:
+        return _resume_generated(job_id, chain, round_, spec, state.attempt, state.interactive)
 
     try:
         started = time.monotonic()
-        retrieved = _retrieve(ctx, job_id, spec)
+        retrieved = _retrieve(ctx, job_id, spec, state.retrieved)
         retrieve_ms = _ms(started)
         profile = load_profile(spec.prompt_profile or ctx.settings.prompt.profile, extra_dir=ctx.settings.prompt.dir)
-        task = round_task(store, job_id, spec, retrieved, chain, round_)
+        task = round_task(spec, retrieved, round_, state.previous)
         messages = profile.messages(task)
         sampling = Sampling(
             temperature=spec.temperature,
@@ -135,34 +139,44 @@ def generate_round(job_id: str, chain: int, round_: int) -> dict[str, Any]:
         "request_id": completion.request_id,
     }
     # The model's work is spent: keep it on the record even if the job finished meanwhile.
-    if not store.put_attempt(job_id, attempt, event="attempt.generated", usage=completion.usage):
+    status = store.put_attempt(job_id, attempt, event="attempt.generated", usage=completion.usage)
+    if status is None:
         return {"skipped": "job expired"}
-    if store.is_finished(job_id):
+    if status.terminal:
         return {"skipped": "job finished during generation"}
-    return _resume_generated(job_id, chain, round_, spec, attempt)
+    return _resume_generated(job_id, chain, round_, spec, attempt, state.interactive)
 
 
-def _resume_generated(job_id: str, chain: int, round_: int, spec: JobSpec, attempt: dict[str, Any]) -> dict[str, Any]:
+def _resume_generated(
+    job_id: str, chain: int, round_: int, spec: JobSpec, attempt: dict[str, Any], interactive: bool
+) -> dict[str, Any]:
     """The step after a recorded generation: verify its code, or (no code) go on to the next round."""
     if attempt.get("verdict") is None and attempt.get("code") is not None:
         context.current().dispatch.verify(job_id, chain, round_, spec.lean_version)
     elif attempt.get("verdict") == Verdict.NO_CODE.value:
-        _advance(job_id, chain, round_, spec)
+        _advance(job_id, chain, round_, spec, interactive)
     return {"verdict": attempt.get("verdict"), "chars": len(attempt.get("code") or "")}
 
 
-def _retrieve(ctx: context.WorkerContext, job_id: str, spec: JobSpec) -> list[RetrievedProof]:
-    """The job's retrieved proofs: searched once, then the same for every chain and round.
+def _retrieve(
+    ctx: context.WorkerContext, job_id: str, spec: JobSpec, kept: list[RetrievedProof] | None
+) -> list[RetrievedProof]:
+    """The job's retrieved proofs: searched once (`kept` is what an earlier round kept), then the same for every
+    chain and round.
 
     Retrieval helps the model but is not required: a memory outage degrades the prompt, not the job.
     """
     if spec.top_k == 0 or ctx.memory is None:
         return []
-    kept = ctx.store.retrieved(job_id)
     if kept is not None:
         return kept
     try:
-        found = ctx.memory.search(spec.formal_statement, top_k=spec.top_k)
+        found = ctx.memory.search(
+            spec.formal_statement,
+            top_k=spec.top_k,
+            exclude_hashes=spec.exclude_hashes,
+            exclude_names=spec.exclude_names,
+        )
     except MemoryError_ as exc:
         logger.warning("job %s: retrieval skipped: %s", job_id, exc)
         ctx.store.event(job_id, "memory.unavailable", {"error": str(exc)})
@@ -187,47 +201,18 @@ def _within_budget(proofs: list[RetrievedProof], max_chars: int) -> list[Retriev
     return shown
 
 
-def round_task(store: Any, job_id: str, spec: Any, retrieved: Any, chain: int, round_: int) -> ProofTask:
-    """What one round's prompt is built from; `oprover export trajectories` rebuilds prompts with it too."""
-    previous, structured_feedback = _previous_attempt(store, job_id, chain, round_)
-    return ProofTask(
-        formal_statement=spec.formal_statement,
-        header=spec.header,
-        informal_statement=spec.informal_statement,
-        retrieved=tuple(retrieved),
-        previous=previous,
-        round=round_,
-        extra=structured_feedback,
-    )
-
-
-def _previous_attempt(
-    store: Any, job_id: str, chain: int, round_: int
-) -> tuple[PreviousAttempt | None, dict[str, str]]:
-    """The attempt a repair round revises, and Lean's messages on it for profiles that lay them out themselves
-    (positions in `messages` refer to the model's code, which is what `checked_code` is)."""
-    prev = store.attempt(job_id, chain, round_ - 1) if round_ > 1 else None
-    if prev is None or prev.get("verdict") is None:
-        return None, {}
-    code = prev.get("code") or ""
-    previous = PreviousAttempt(code=code, feedback=prev.get("feedback") or "", verdict=Verdict(prev["verdict"]))
-    if not prev.get("messages"):
-        return previous, {}
-    return previous, {"lean_messages": json.dumps(prev["messages"], ensure_ascii=False), "checked_code": code}
-
-
 # --- verify --------------------------------------------------------------------------------------------------------
 def verify_round(job_id: str, chain: int, round_: int) -> dict[str, Any]:
     ctx = context.current()
     store = ctx.store
-    if store.is_finished(job_id):
-        if store.proved_by(job_id) == (chain, round_):
+    state = store.round_state(job_id, chain, round_)
+    if state.finished or state.spec is None:
+        if state.proved_by == (chain, round_):
             # This step proved the job and then failed before the proof reached the memory: finish that part.
             ctx.dispatch.remember(job_id)
         return {"skipped": "job finished"}
     checker = _need(ctx.checker, "a Lean checker", "verify_round")
-    spec = store.spec(job_id)
-    attempt = store.attempt(job_id, chain, round_)
+    spec, attempt = state.spec, state.attempt
     if attempt is None or attempt.get("code") is None:
         raise RuntimeError(f"job {job_id}: round {round_} of chain {chain} has no generated code to verify")
 
@@ -243,7 +228,7 @@ def verify_round(job_id: str, chain: int, round_: int) -> dict[str, Any]:
         lean=checker.versions(),
     )
     attempt.setdefault("timings", {})["verify_ms"] = result.time_ms
-    store.put_attempt(job_id, attempt, event="attempt.verified")
+    status = store.put_attempt(job_id, attempt, event="attempt.verified")
     metrics.observe_round(result.verdict.value, attempt.get("timings"))
 
     if result.verdict is Verdict.PASS:
@@ -255,18 +240,17 @@ def verify_round(job_id: str, chain: int, round_: int) -> dict[str, Any]:
             logger.info(
                 "job %s: proved by chain %d round %d (%d queued rounds dropped)", job_id, chain, round_, dropped
             )
-    else:
-        _advance(job_id, chain, round_, spec)
+    elif status is not None and not status.terminal:
+        _advance(job_id, chain, round_, spec, state.interactive)
     return {"verdict": result.verdict.value, "time_ms": result.time_ms}
 
 
-def _advance(job_id: str, chain: int, round_: int, spec: JobSpec) -> None:
-    """After a failed round: the next round of this chain, or the end of the chain."""
+def _advance(job_id: str, chain: int, round_: int, spec: JobSpec, interactive: bool) -> None:
+    """After a failed round of a job that is still running: the next round of this chain, or the end of the
+    chain (callers have just read the job's status, from the attempt write)."""
     ctx = context.current()
-    if ctx.store.is_finished(job_id):
-        return
     if round_ < spec.rounds:
-        ctx.dispatch.generate(job_id, chain, round_ + 1)
+        ctx.dispatch.generate(job_id, chain, round_ + 1, interactive=interactive)
     elif ctx.store.chain_ended(job_id, chain):  # the last chain: the job failed
         metrics.observe_job_end("failed", ctx.store.get(job_id))
 

@@ -55,7 +55,7 @@ import redis
 from rq import worker_registration
 from rq.exceptions import DequeueTimeout
 from rq.executions import Execution
-from rq.job import Job
+from rq.job import Job, JobStatus
 from rq.queue import Queue
 from rq.registry import StartedJobRegistry, clean_registries
 from rq.scheduler import RQScheduler
@@ -82,6 +82,8 @@ RESTART_PAUSE_S = 2
 MIN_MAINTENANCE_LOCK_S = 10
 # An RQ worker record expires this long after its last heartbeat (the worker beats every WORKER_BLOCK_S).
 WORKER_TTL_S = 60
+# How often the dequeue loop beats the worker and looks for `rq suspend` (also between busy dequeues).
+HOUSEKEEPING_EVERY_S = 1.0
 # Longest pause between attempts while Redis is unreachable.
 MAX_BACKOFF_S = 30.0
 
@@ -127,6 +129,7 @@ class SlotWorker(SimpleWorker):
         self._pool = concurrent.futures.ThreadPoolExecutor(concurrency, thread_name_prefix=f"{name.split('.')[0]}-job")
         self._running: dict[str, tuple[Job, Execution]] = {}
         self._running_lock = threading.Lock()
+        self._idle_recorded: set[str] = set()  # executions whose success transaction set the worker idle
         self._stop = threading.Event()
         self._beats_stop = threading.Event()
         self._pubsub_failing = False
@@ -186,16 +189,21 @@ class SlotWorker(SimpleWorker):
         beat.start()
         redis_down_since: float | None = None
         backoff = 1.0
+        housekeeping_due = 0.0
         try:
             while not self._stop.is_set():
                 if not self._free.acquire(timeout=self.dequeue_timeout):
                     continue  # every slot busy; the heartbeat thread keeps the worker alive meanwhile
                 taken = None
                 try:
-                    if is_suspended(self.connection, self):
-                        time.sleep(self.dequeue_timeout)  # `rq suspend`: take nothing until `rq resume`
-                        continue
-                    self._beat()
+                    if time.monotonic() >= housekeeping_due:
+                        # Not before every dequeue: under load that was two round trips more on every step's
+                        # way to a slot; once per HOUSEKEEPING_EVERY_S is as good for liveness and `rq suspend`.
+                        if is_suspended(self.connection, self):
+                            time.sleep(self.dequeue_timeout)  # `rq suspend`: take nothing until `rq resume`
+                            continue
+                        self._beat()
+                        housekeeping_due = time.monotonic() + HOUSEKEEPING_EVERY_S
                     if self.should_run_maintenance_tasks:
                         self.run_maintenance_tasks()
                     if self._stop.is_set():
@@ -286,15 +294,14 @@ class SlotWorker(SimpleWorker):
     def _start(self, job: Job, queue: Queue) -> None:
         """Hand a dequeued job to a free slot. The job is off the queue: never give up on it while Redis is away.
 
-        Both of RQ's preparations run here, back to back, before the job waits for its thread: RQ's maintenance
-        drops an expired started-registry entry whose job is not yet `started`, so a process killed between the
-        two would lose the job instead of having it retried.
+        Both of RQ's preparations run here, in one transaction, before the job waits for its thread: RQ's
+        maintenance drops an expired started-registry entry whose job is not yet `started`, so a process killed
+        between the two would lose the job instead of having it retried.
         """
         backoff = 1.0
         while True:
             try:
-                execution = self.prepare_execution(job)
-                self.prepare_job_execution(job, remove_from_intermediate_queue=len(self.queues) == 1)
+                execution = self._prepare(job)
                 break
             except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError) as exc:
                 logger.warning("%s: could not start %s (%s); retrying", self.name, job.id, exc)
@@ -303,6 +310,23 @@ class SlotWorker(SimpleWorker):
         with self._running_lock:
             self._running[execution.id] = (job, execution)
         self._pool.submit(self._perform, job, queue, execution)
+
+    def _prepare(self, job: Job) -> Execution:
+        """RQ's `prepare_execution` and `prepare_job_execution` (the same writes, in RQ's order) in one
+        transaction, so one round trip instead of two on every step's way to its slot."""
+        ttl = self.get_heartbeat_ttl(job)
+        with self.connection.pipeline() as pipe:
+            execution = Execution.create(job, ttl, pipeline=pipe, worker_name=self.name)
+            self.set_state(WorkerStatus.BUSY, pipeline=pipe)
+            self.heartbeat(ttl, pipeline=pipe)
+            job.heartbeat(now(), ttl, pipeline=pipe)
+            job.prepare_for_execution(self.name, pipeline=pipe)
+            pipe.persist(job.key)
+            if len(self.queues) == 1:  # RQ dequeues a single queue through its intermediate list (BLMOVE)
+                pipe.lrem(Queue(job.origin, connection=self.connection).intermediate_queue_key, 1, job.id)
+            pipe.execute()
+        self.executions[execution.id] = execution
+        return execution
 
     def _perform(self, job: Job, queue: Queue, execution: Execution) -> None:
         started = time.monotonic()
@@ -316,7 +340,8 @@ class SlotWorker(SimpleWorker):
             jsonlog.unbind(bound)
             with self._running_lock:
                 self._running.pop(execution.id, None)
-                idle = not self._running
+                idle = not self._running and execution.id not in self._idle_recorded
+                self._idle_recorded.discard(execution.id)
             if idle:
                 with contextlib.suppress(redis.exceptions.RedisError):
                     self.set_state(WorkerStatus.IDLE)
@@ -337,6 +362,53 @@ class SlotWorker(SimpleWorker):
             self._finalize_failure(job, queue, execution, sys.exc_info())
             return False
         return True
+
+    def handle_execution_ended(self, job: Job, queue: Queue, heartbeat_ttl: int) -> None:
+        """RQ's, less its heartbeat of a job that succeeded without a success callback (a round trip per step):
+        that beat keeps the job from looking abandoned while its callback runs, and nothing runs between this
+        and the success transaction. A failed job's beat is kept: its failure callback follows."""
+        if job.get_status(refresh=False) != JobStatus.FAILED and not job._success_callback_name:
+            job.ended_at = now()
+            return
+        super().handle_execution_ended(job, queue, heartbeat_ttl)
+
+    def handle_job_success(
+        self, job: Job, queue: Queue, started_job_registry: StartedJobRegistry, execution: Execution
+    ) -> None:
+        """RQ's success bookkeeping in one transaction instead of three round trips.
+
+        RQ first WATCHes and reads the job's dependents set, to enqueue jobs that waited for this one. The
+        round steps have none: each enqueues its successor itself and the dispatcher never passes
+        `depends_on` (workers/dispatch.py). A job with repeats or a rate limit (not ours) gets RQ's own handling.
+        The worker's idle state goes in the same transaction when this was its only running job.
+        """
+        if job.repeats_left or job.has_rate_limit:
+            super().handle_job_success(job, queue, started_job_registry, execution)
+            return
+        assert job.started_at is not None and job.ended_at is not None
+        with self.connection.pipeline() as pipe:
+            self.increment_successful_job_count(pipeline=pipe)
+            self.increment_total_working_time(job.ended_at - job.started_at, pipe)
+            result_ttl = job.get_result_ttl(self.default_result_ttl)
+            if result_ttl != 0:
+                job._handle_success(
+                    result_ttl,
+                    pipeline=pipe,
+                    worker_name=self.name,
+                    execution_id=execution.id,
+                    execution_started_at=execution.created_at,
+                    execution_ended_at=job.ended_at,
+                )
+            job.cleanup(result_ttl, pipeline=pipe, remove_from_queue=False)
+            job._status = JobStatus.FINISHED
+            self.cleanup_execution(job, pipeline=pipe, execution=execution)
+            with self._running_lock:
+                idle = set(self._running) <= {execution.id}
+                if idle:
+                    self._idle_recorded.add(execution.id)
+            if idle:
+                self.set_state(WorkerStatus.IDLE, pipeline=pipe)
+            pipe.execute()
 
     def _beat_running_jobs(self) -> None:
         """Heartbeats of the worker and of every running execution, in one round trip, on a connection of their

@@ -224,20 +224,30 @@ class ProofMemory:
 
     # ----------------------------------------------------------------- reading
 
-    def search(self, formal_statement: str, *, top_k: int, exclude: Iterable[str] = ()) -> list[RetrievedProof]:
+    def search(
+        self,
+        formal_statement: str,
+        *,
+        top_k: int,
+        exclude: Iterable[str] = (),
+        exclude_hashes: Iterable[str] = (),
+        exclude_names: Iterable[str] = (),
+    ) -> list[RetrievedProof]:
         """Up to `top_k` verified proofs of `top_k` different theorems like `formal_statement`, best first.
 
         Never returns the target's own theorem (any name, layout or comments), a statement in
-        `exclude`, one in the configured exclusion file, a proof stored under the target's declaration name or
-        a name of the exclusion file (the same problem re-worded), or a proof the screening flagged.
+        `exclude` (or whose body hash is in `exclude_hashes`), one in the configured exclusion file, a proof
+        stored under the target's declaration name, a name of `exclude_names` or of the exclusion file (the same
+        problem re-worded), or a proof the screening flagged. The `exclude*` lists are one request's (a job's
+        `exclude`); the file is the deployment's.
         """
         if top_k <= 0:
             return []
         if isinstance(exclude, str):  # one statement, not an iterable of characters
             exclude = [exclude]
-        banned = {body_hash(formal_statement), *(body_hash(s) for s in exclude), *self._excluded}
+        banned = {body_hash(formal_statement), *(body_hash(s) for s in exclude), *exclude_hashes, *self._excluded}
         own_name = declaration_name(formal_statement)
-        banned_names = self._excluded_names | ({own_name} if own_name else set())
+        banned_names = self._excluded_names | set(exclude_names) | ({own_name} if own_name else set())
         tokens = statement_tokens(formal_statement)
         dense = self._embeddings.embed([formal_statement])[0] if self._embeddings is not None else None
         if not tokens and dense is None:
