@@ -839,6 +839,13 @@ Other fields are ignored. A bad line is refused with its number before anything 
         "--compare", nargs=2, metavar=("A", "B"), help="compare two `--out` results files instead of running"
     )
     p.add_argument("--poll-s", type=float, default=2.0, help="seconds between job status reads (default: 2.0)")
+    p.add_argument(
+        "--no-exclude-benchmark",
+        action="store_true",
+        dest="no_exclude_benchmark",
+        help="let a problem's prompts show proofs of the benchmark's other problems (default: every job excludes "
+        "the whole benchmark from retrieval, by statement hash and by problem name)",
+    )
     client_args(p)
     p.set_defaults(func=cmd_eval)
 

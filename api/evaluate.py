@@ -52,6 +52,9 @@ class EvalOptions:
     lean_version: str | None = None
     concurrency: int = 8
     poll_s: float = 2.0
+    exclude_benchmark: bool = True
+    # The request's `exclude` when `exclude_benchmark`: every problem of the benchmark (benchmark_exclusion).
+    exclusion: dict[str, list[str]] | None = None
 
     def settings(self) -> dict[str, Any]:
         """What a results line records (None: the deployment's default, shown on each sample's jobs)."""
@@ -70,7 +73,28 @@ class EvalOptions:
         for option in ("rounds", "top_k", "prompt_profile", "lean_version"):
             if getattr(self, option) is not None:
                 body[option] = getattr(self, option)
+        if self.exclude_benchmark and self.exclusion:
+            body["exclude"] = self.exclusion
         return body
+
+
+def benchmark_exclusion(problems: list[dict[str, Any]], names: list[str]) -> dict[str, list[str]]:
+    """The `exclude` of every job of a run: each problem's statement (and the alternative statements of other
+    Lean versions a record may carry, `alt_*: {"formal_statement"}`) as the memory's body hash, and each
+    problem's name, so no problem of the benchmark is retrieved for any other while the run lasts, not even a
+    re-worded version stored under its name. Hashes, not statements: the same list goes with every job."""
+    from services.memory.schema import body_hash
+
+    statements = [p["formal_statement"] for p in problems] + [
+        value["formal_statement"]
+        for p in problems
+        for key, value in p.items()
+        if key.startswith("alt_") and isinstance(value, dict) and isinstance(value.get("formal_statement"), str)
+    ]
+    return {
+        "statement_hashes": sorted({body_hash(s) for s in statements}),
+        "names": sorted(set(names) | {str(p["name"]) for p in problems if p.get("name")}),
+    }
 
 
 def problem_names(problems: list[dict[str, Any]], path: str) -> list[str]:
@@ -327,12 +351,14 @@ def command(args: Any) -> int:
         problems = cli.read_benchmark(args.bench)
     except cli.CommandFailed as exc:  # api.cli's class, which differs from `python -m api.cli`'s own
         raise EvalFailed(str(exc)) from None
-    if args.limit:
-        problems = problems[: args.limit]
     try:
+        exclusion = benchmark_exclusion(problems, problem_names(problems, args.bench))  # the whole benchmark
+        if args.limit:
+            problems = problems[: args.limit]
         names = problem_names(problems, args.bench)
     except ValueError as exc:
         raise EvalFailed(str(exc)) from None
+    exclude_benchmark = not getattr(args, "no_exclude_benchmark", False)
     options = EvalOptions(
         attempts=args.attempts,
         rounds=args.rounds,
@@ -341,6 +367,8 @@ def command(args: Any) -> int:
         lean_version=args.lean_version,
         concurrency=args.concurrency,
         poll_s=args.poll_s,
+        exclude_benchmark=exclude_benchmark,
+        exclusion=exclusion,
     )
     out = Path(args.out) if args.out else None
     outage = cli._Outage(args.url)
@@ -364,11 +392,17 @@ def command(args: Any) -> int:
             + (f"; {len(done)} already in {out}, skipped" if done else "")
             + ("" if out else "; no --out: results are not saved and the run cannot be resumed")
         )
-        print(
-            "no contamination: the service never retrieves a problem's own proofs, by statement hash or by problem "
-            "name; to keep every problem of this benchmark out of every prompt, run the workers with "
-            f"OPROVER_QDRANT_EXCLUDE_FILE={args.bench}"
-        )
+        if exclude_benchmark:
+            print(
+                f"no contamination: every job asks the service never to retrieve a proof of any of the "
+                f"{len(exclusion['statement_hashes'])} statements or {len(exclusion['names'])} problem names of "
+                f"this benchmark (by statement hash and by name; --no-exclude-benchmark turns this off)"
+            )
+        else:
+            print(
+                "--no-exclude-benchmark: proofs of this benchmark's other problems may be retrieved (a problem's "
+                "own statement and name never are)"
+            )
         solved = sum(1 for r in done if r.solved)
         bar = progress_bar(len(todo), solved)
 

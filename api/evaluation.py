@@ -18,7 +18,8 @@ from pathlib import Path
 from typing import Any
 
 # A line's `settings` must match for a run to be resumed into the same file, and are what `--compare` diffs.
-SETTING_FIELDS = ("attempts", "rounds", "top_k", "prompt_profile", "lean_version")
+# `exclude_benchmark`: whether the run kept every problem of the benchmark out of retrieval (api/evaluate.py).
+SETTING_FIELDS = ("attempts", "rounds", "top_k", "prompt_profile", "lean_version", "exclude_benchmark")
 
 
 def pass_at_k(n: int, c: int, k: int) -> float:

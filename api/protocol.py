@@ -8,9 +8,9 @@ the field in its error.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, HttpUrl, model_validator
+from pydantic import BaseModel, ConfigDict, Field, HttpUrl, StringConstraints, model_validator
 
 logger = logging.getLogger(__name__)
 
@@ -31,6 +31,34 @@ class SamplingParams(_Lenient):
     max_tokens: int | None = Field(None, ge=1, le=262_144)
 
 
+class RetrievalExclusion(_Lenient):
+    """Proofs never retrieved into this job's prompts: e.g. a benchmark's own problems while it is evaluated."""
+
+    formal_statements: list[str] = Field(
+        default_factory=list,
+        max_length=100_000,
+        description="Statements whose proofs are left out, compared up to name, comments and layout.",
+    )
+    statement_hashes: list[Annotated[str, StringConstraints(pattern=r"^[0-9a-f]{64}$")]] = Field(
+        default_factory=list,
+        max_length=100_000,
+        description="The same, precomputed: SHA-256 hex of the statement with its name blanked "
+        "(services.memory.body_hash, what `oprover eval` sends).",
+    )
+    names: list[str] = Field(
+        default_factory=list,
+        max_length=100_000,
+        description="Problem names whose stored proofs are left out (a re-worded statement of the same "
+        "problem is still stored under its name).",
+    )
+
+    def body_hashes(self) -> list[str]:
+        """What the job keeps (JobSpec.exclude_hashes): every statement as the memory's body hash, once."""
+        from services.memory.schema import body_hash  # the memory's own key: what its search filters on
+
+        return sorted({body_hash(statement) for statement in self.formal_statements} | set(self.statement_hashes))
+
+
 class ProveRequest(_Lenient):
     formal_statement: str = Field(
         ..., description="A Lean 4 `theorem`/`lemma` ending in `:= by sorry`, `:= by` or `:=`."
@@ -46,6 +74,9 @@ class ProveRequest(_Lenient):
     metadata: dict[str, Any] | None = Field(None, description="Kept on the job and returned as is.")
     callback_url: HttpUrl | None = Field(
         None, description="The finished job is POSTed here once, signed (X-Oprover-Signature: sha256=HMAC of the body)."
+    )
+    exclude: RetrievalExclusion | None = Field(
+        None, description="Proofs never retrieved into this job's prompts, by statement and by problem name."
     )
 
 

@@ -118,7 +118,8 @@ def test_eval_reports_hand_computed_pass_at_k_and_a_killed_run_resumes_to_the_sa
     assert sample["job_id"] and sample["why"].startswith("every round failed (round 1 fail)")
     assert sample["model"].startswith("standin-") and sample["lean"]["lean"] and sample["prompt_profile"]
     assert line["settings"] == {
-        "attempts": 4, "rounds": 1, "top_k": 0, "prompt_profile": None, "lean_version": None
+        "attempts": 4, "rounds": 1, "top_k": 0, "prompt_profile": None, "lean_version": None,
+        "exclude_benchmark": True,
     }  # fmt: skip
 
     # the same run, killed once its first problem is written
