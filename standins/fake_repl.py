@@ -18,7 +18,7 @@ stdin/stdout the way the real binary does (REPL/Main.lean):
 
 It never runs Lean. It judges each command from the table, whose rules are tried in order (first match wins).
 A command is what the checker sends: the header, then the theorem as the request's statement with the proof's
-body (comments and layout as written). ``match`` is a substring of it, ``regex`` a Python regular expression
+body. ``match`` is a substring of it, ``regex`` a Python regular expression
 searched in it (``re.search``; a group named ``at`` marks where Lean reports the message, e.g. the failing
 tactic; else the whole match), ``always: true`` matches every command; without a match ``default`` decides (an
 outcome name, or a rule object without a match, e.g. ``{"outcome": "error", "message": "..."}``)::
