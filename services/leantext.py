@@ -43,11 +43,7 @@ _ID_FIRST_RE = re.compile(f"[{ID_FIRST}]")
 _ID_REST_RE = re.compile(f"[{ID_REST}]")
 # One identifier of plain parts joined by `.` (a `«…»` part is handled by hand).
 _PLAIN_IDENT = re.compile(f"[{ID_FIRST}][{ID_REST}]*(?:\\.[{ID_FIRST}][{ID_REST}]*)*")
-# The next character (pair) that starts something the lexer must look at. Not preceded by an identifier
-# character: within an identifier (or a number, which `code` handles itself) `'`, `r` and digits start nothing.
-_COMMENT_MARK = re.compile(r"-/|/-")
 _NOT_NEWLINE = re.compile(r"[^\n]")
-_NEXT = re.compile(f'(?<![{ID_REST}])(?:\'|r(?=#*")|[0-9])|--|/-|["`«{{}}]')
 
 
 def is_id_first(c: str) -> bool:
@@ -71,6 +67,64 @@ _PUNCT = set("()[]{}⟨⟩,;")
 MAX_INTERPOLATION_DEPTH = 8
 MAX_PROBLEMS = 50
 MAX_GUILLEMET_NAME = 200  # characters: longer `«…»` names are refused, so later scans may stop looking there
+
+# The lexer is one compiled scanner: each `search` skips whitespace, symbols and identifiers in C to the next token
+# the lexer must look at and, for the common well-formed ones (a line comment, an unnested block comment, a string
+# without `{`, a character literal at a token start, a number), matches the whole token, so Python does one step
+# per token and none per character. The rest (nested comments, strings with `{` or errors, a `'` after a symbol,
+# raw strings, `«»` names) goes to the methods below, which follow Lean's functions named there. Every repetition
+# is possessive, so a failed fast match costs no backtracking.
+_ESCAPE = r"\\(?:[\\\"'rnt]|x[0-9a-fA-F]{2}|u[0-9a-fA-F]{4})"  # `quotedCharCoreFn` without the string gap
+_STRING_GAP = r"\\\n[^\S\n]*+(?!\n)"  # `\`, newline, whitespace; a second newline is an error
+_CHAR = f"'(?:[^\\\\']|{_ESCAPE})"  # a character literal but its closing `'`: `charLitFnAux`
+_NOT_ID = f"(?<![{ID_REST}])"  # within an identifier (or a number) `'`, `r` and digits start nothing
+_TOKENS = (
+    r"(?P<line>--[^\n]*+(?:\n *+--[^\n]*+)*+)"  # and the comments on the lines below (indented by spaces)
+    r"|(?P<comment>/-[\s\S](?:[^/-]++|/(?!-)|-(?!/))*+-/)"  # body from the 3rd character: see `code`
+    r"|(?P<nested>/-)"
+    f'|(?P<string>"(?:[^"\\\\{{]++|{_ESCAPE}|{_STRING_GAP})*+")'
+    r'|(?P<other_string>")'
+    # a character literal where a token surely starts (after whitespace, punctuation or at the start)
+    f"|(?P<char>(?<![^\\s(){{}}\\[\\]⟨⟩,;]){_CHAR}')"
+    f"|(?P<quote>{_NOT_ID}')"
+    f'|(?P<raw>{_NOT_ID}r#*")'
+    f"|(?P<number>{_NOT_ID}(?:0[bB][01_]*+|0[oO][0-7_]*+|0[xX][0-9a-fA-F_]*+"
+    r"|[0-9][0-9_]*+(?:\.(?:[0-9][0-9_]*+)?)?(?:(?P<exponent>[eE][+-]?)(?P<exponent_digits>[0-9][0-9_]*+)?)?))"
+    f"|(?P<name_literal>`(?=[«'{ID_FIRST}]))"  # `` `x `` and `` `«x» `` (and a `'` right after a lone `` ` ``)
+    r"|(?P<guillemet>«)"
+)
+# A number literal Lean reads without error, not followed by a `'` or `r"` (which would start a literal there).
+_CLEAN_NUMBER = (
+    r"(?:0[bB][01_]++|0[oO][0-7_]++|0[xX][0-9a-fA-F_]++"
+    r"|(?!0[bBoOxX])[0-9][0-9_]*+(?:\.(?:[0-9][0-9_]*+)?)?+(?:[eE][+-]?[0-9][0-9_]*+|(?![eE])))"
+    r"(?!'|r#*+\")"
+)
+# A `'` after a symbol that this lexer reads as part of the symbol (`∑'`, `⁻¹'`) when the other reading, a character
+# literal, fails or would change nothing: see `char`, which takes the other cases (`''`, a literal that matters).
+_SYMBOL_QUOTE = (
+    f"(?<=[^\\s(){{}}\\[\\]⟨⟩,;{ID_REST}])'(?!')"
+    f"(?:(?!(?:[^\\\\']|{_ESCAPE})')(?!r#*+\")|(?=[^\\s0-9\"'`«»{{}}\\-/\\\\(),;\\[\\]⟨⟩]'(?![{ID_REST}])))"
+)
+# What `code` skips in C before a token: identifier runs (inside one, `'`, `r` and digits start nothing), an `r`
+# that opens no raw string, numbers read without error, name literals of plain parts, and any other character
+# that starts nothing (braces too, outside `{…}`).
+_ID_FIRST_BUT_R = ID_FIRST.replace("A-Za-z_", "A-Za-qs-z_")
+_SKIP = (
+    f"(?:(?<=[{ID_REST}])[{ID_REST}]++|[{_ID_FIRST_BUT_R}!?{_SUBSCRIPT_ALNUM}][{ID_REST}]*+"
+    f'|r(?!#*+")[{ID_REST}]*+|-(?!-)|/(?!-)|`(?![«\'{ID_FIRST}])|[^{ID_REST}\\-/"`«{{}}]++|{{BRACES}}'
+    f"|{_SYMBOL_QUOTE}|{_NOT_ID}{_CLEAN_NUMBER}|`{_PLAIN_IDENT.pattern.replace('*', '*+')}(?!\\.«))*+"
+)
+# `(?P<other>…)` takes one character the skip left and no token wants (none that we know of): never a dead end.
+_CODE_TOKENS = re.compile(_SKIP.replace("{BRACES}", "[{}]") + rf"(?:{_TOKENS}|(?P<other>[\s\S]))")
+_INTERPOLATED_CODE_TOKENS = re.compile(  # braces count inside `{…}` of an interpolated string
+    _SKIP.replace("|{BRACES}", "") + rf"(?:{_TOKENS}|(?P<open>\{{)|(?P<close>\}})|(?P<other>[\s\S]))"
+)
+_COMMENT_BODY = re.compile(r"(?:[^/-]++|/(?!-)|-(?!/))*+")  # up to the next `-/` or `/-`, or the end
+_PLAIN_STRING_BODY = re.compile(f'(?:[^"\\\\]++|{_ESCAPE}|{_STRING_GAP})*+')
+_INTERPOLATED_STRING_BODY = re.compile(f'(?:[^"\\\\{{]++|{_ESCAPE}|\\\\{{|{_STRING_GAP})*+')
+_QUOTES = re.compile(r"'*+")
+_CHAR_LITERAL = re.compile(_CHAR + "'")
+_RAW_STRING_OPENING = re.compile(r'#*+"')
 
 
 def _plain_char(c: str) -> bool:
@@ -109,87 +163,105 @@ class _Lexer:
             self.problems.append(LexProblem(start, min(max(end, start), self.n), why))
 
     def result(self) -> Lexed:
+        text = self.text
         pieces, done = [], 0
-        for start, end in sorted(self.spans):
-            start = max(start, done)
-            if end <= start:
-                continue
-            pieces.append(self.text[done:start])
-            pieces.append(_NOT_NEWLINE.sub(" ", self.text[start:end]))
+        for start, end in self.spans:  # disjoint, in text order
+            pieces.append(text[done:start])
+            chunk = text[start:end]
+            pieces.append(_NOT_NEWLINE.sub(" ", chunk) if "\n" in chunk else " " * (end - start))
             done = end
-        pieces.append(self.text[done:])
+        pieces.append(text[done:])
         return Lexed("".join(pieces), tuple(self.problems))
 
     # -- code ------------------------------------------------------------------------------------------------------
     def code(self, i: int, *, until_brace: bool = False, depth: int = 0) -> int:
-        """Lex code from `i`; with `until_brace`, stop at (and return the offset of) an unmatched `}`.
-
-        `_NEXT` skips whitespace, symbols and identifiers (at C speed; inside an identifier a `'`, a digit or an
-        `r` starts nothing) to the next character that starts something: a comment, a literal, a `«` name, a
-        brace, a number."""
+        """Lex code from `i`; with `until_brace`, stop at (and return the offset of) an unmatched `}`."""
         text, n = self.text, self.n
+        tokens = (_INTERPOLATED_CODE_TOKENS if until_brace else _CODE_TOKENS).match
+        strings, blank = self.strings, self.spans.append
         braces = 0
-        boundary = i  # a position where a new token surely starts (after a complete token or comment)
         while True:
             if until_brace and not self.try_interpolation:
                 return n  # a nested string's readings disagreed: this interpolated reading is abandoned too
-            if i == boundary and i < n and (text[i] == "'" or (text[i] == "r" and self.raw_string_start(i))):
-                j, token = i, text[i]  # right after a number, a literal or a comment: a token starts here
-            else:
-                match = _NEXT.search(text, i)
-                if match is None:
-                    return n
-                j, token = match.start(), match.group(0)
-            c = token[0]
-            if c == "r":
-                i = self.raw_string(j)
-            elif token == "--":
+            # `i` is where a token surely starts (after a complete token or comment): a `'` or `r"` there starts a
+            # literal even right after an identifier character (`2'a'`, `«x»'a'`, `2r"…"`).
+            if i < n:
+                c = text[i]
+                if c == "'":
+                    literal = _CHAR_LITERAL.match(text, i)
+                    if literal is None:
+                        i = self.char(i, at_token_start=True)
+                    else:
+                        if strings:
+                            blank((i + 1, literal.end() - 1))
+                        i = literal.end()
+                    continue
+                if c == "r" and self.raw_string_start(i):
+                    i = self.raw_string(i)
+                    continue
+            match = tokens(text, i)
+            if match is None:
+                return n
+            kind = match.lastgroup
+            j, i = match.start(kind), match.end()
+            if kind == "line":
                 if j and text[j - 1] == "<":
                     self.problem(j - 1, j + 2, "`<--` (Lean may read the token `<-` then `-`, no comment)")
-                end = text.find("\n", j)
-                end = n if end == -1 else end
-                self.blank(j, end)
-                i = end
-            elif token == "/-":
+                blank((j, i))
+            elif kind == "string":
+                if strings and i - j > 2:
+                    blank((j + 1, i - 1))
+            elif kind == "number":
+                if match.group("exponent") is not None and match.group("exponent_digits") is None:
+                    self.problem(j, i, "a scientific literal without exponent digits")
+                elif i - j == 2 and text[j + 1] in "bBoOxX":
+                    self.problem(j, i, "a number literal without digits")
+            elif kind == "char":
+                if strings:
+                    blank((j + 1, i - 1))
+            elif kind == "comment" or kind == "nested":
                 if j and text[j - 1] == "/":
                     self.problem(j - 1, j + 2, "`//-` (Lean may read the token `//` then `-`, no comment)")
-                # `whitespace` skips the character after `/-` unread (`/--` and `/-!` are doc comments, whose body
-                # `finishCommentBlock` also starts after that character): the body starts 3 characters after `/`.
-                closed = self.comment_end(j + 3)
-                if closed is None:
-                    self.problem(j, n, "an unterminated comment")
-                self.blank(j, n if closed is None else closed)
-                i = n if closed is None else closed
-            elif c == '"':
+                if kind == "nested":
+                    # `whitespace` skips the character after `/-` unread (`/--` and `/-!` are doc comments, whose
+                    # body `finishCommentBlock` also starts after that character): the body starts at `j + 3`.
+                    closed = self.comment_end(j + 3)
+                    if closed is None:
+                        self.problem(j, n, "an unterminated comment")
+                    i = n if closed is None else closed
+                blank((j, i))
+            elif kind == "other_string":
                 i = self.string(j, depth)
-            elif c == "'":
-                at_token_start = j == boundary or j == 0 or text[j - 1].isspace() or text[j - 1] in _PUNCT
-                i = self.char(j, at_token_start=at_token_start)
-            elif c == "`":
-                i = self.ident(j + 1) if j + 1 < n and (text[j + 1] == "«" or is_id_first(text[j + 1])) else j + 1
-            elif c == "«":
+            elif kind == "quote":
+                i = self.char(j, at_token_start=text[j - 1].isspace() or text[j - 1] in _PUNCT)
+            elif kind == "raw":
+                i = self.raw_string(j)
+            elif kind == "name_literal":
+                i = self.ident(i) if text[i] != "'" else i
+            elif kind == "guillemet":
                 i = self.ident(j)
-            elif c == "{":
+            elif kind == "other":
+                pass
+            elif kind == "open":
                 braces += 1
-                i = j + 1
-            elif c == "}":
-                if until_brace and braces == 0:
-                    return j
-                braces = max(0, braces - 1)
-                i = j + 1
-            else:  # a digit
-                i = self.number(j)
-            boundary = i
+            elif braces == 0:  # an unmatched `}`: the end of this `{…}` of an interpolated string
+                return j
+            else:
+                braces -= 1
 
     def comment_end(self, j: int) -> int | None:
         """`finishCommentBlock` at nesting 1 from `j`: the offset just after the closing `-/` (None: unterminated).
         Lean scans character by character for `-/` (close) and `/-` (open); the leftmost match is the same."""
+        text, n = self.text, self.n
         depth = 1
-        for match in _COMMENT_MARK.finditer(self.text, j):
-            depth += 1 if match.group(0) == "/-" else -1
+        while True:
+            j = _COMMENT_BODY.match(text, j).end()  # type: ignore[union-attr]  # it matches the empty string
+            if j >= n:
+                return None
+            depth += 1 if text[j] == "/" else -1
+            j += 2
             if depth == 0:
-                return match.end()
-        return None
+                return j
 
     # -- literals ----------------------------------------------------------------------------------------------
     def escape(self, j: int, *, in_string: bool, interpolated: bool = False) -> tuple[int, str]:
@@ -216,22 +288,20 @@ class _Lexer:
             return k, ""
         return j, "an invalid escape sequence"
 
-    def plain_string_end(self, i: int, *, interpolated: bool = False) -> tuple[int, str]:
+    def plain_string_end(self, i: int) -> tuple[int, str]:
         """The offset of the closing `"` of the string opening at `i` read without interpolation, and the error
         (`strLitFnAux`), if any, with the offset where Lean stops."""
         text, n = self.text, self.n
         j = i + 1
-        while j < n:
-            c = text[j]
-            if c == '"':
+        while True:
+            j = _PLAIN_STRING_BODY.match(text, j).end()  # type: ignore[union-attr]  # it matches ""
+            if j >= n:
+                return n, "an unterminated string literal"
+            if text[j] == '"':
                 return j, ""
-            if c == "\\":
-                j, error = self.escape(j + 1, in_string=True, interpolated=interpolated)
-                if error:
-                    return j, error
-            else:
-                j += 1
-        return n, "an unterminated string literal"
+            j, error = self.escape(j + 1, in_string=True)  # the body stops at a `\` only before a bad escape
+            if error:
+                return j, error
 
     def string(self, i: int, depth: int) -> int:
         """A string literal at `i`. Whether it is interpolated (`s!"…{e}…"`, `m!`, `throwError`, …) depends on the
@@ -255,30 +325,29 @@ class _Lexer:
         # the interpolated reading (`interpolatedStrFn`), with the code inside `{…}` lexed for real
         spans_before, problems_before = len(self.spans), len(self.problems)
         j = i + 1
-        segments: list[tuple[int, int]] = []  # string parts, blanked at the end
+        # the string's parts are blanked as they come, so the spans stay in text order (undone if the readings differ)
+        blank = self.blank if self.strings else lambda start, end: None
         seg = j
         interpolation_error = ""
-        while j < n and text[j] != '"':
-            if text[j] == "\\":
-                j, interpolation_error = self.escape(j + 1, in_string=True, interpolated=True)
-                if interpolation_error:
-                    break
-            elif text[j] == "{":
-                segments.append((seg, j))
+        while True:
+            j = _INTERPOLATED_STRING_BODY.match(text, j).end()  # type: ignore[union-attr]  # it matches ""
+            if j >= n or text[j] == '"':
+                break
+            if text[j] == "{":
+                blank(seg, j)
                 j = self.code(j + 1, until_brace=True, depth=depth + 1) + 1
                 seg = j
-            else:
-                j += 1
-        segments.append((seg, min(j, n)))
+                continue
+            j, interpolation_error = self.escape(j + 1, in_string=True, interpolated=True)  # a bad escape
+            if interpolation_error:
+                break
+        blank(seg, min(j, n))
         if j != plain or error or interpolation_error:
             del self.spans[spans_before:]
             del self.problems[problems_before:]
             self.try_interpolation = False
             self.problem(i, max(j, plain) + 1, "a string literal whose end depends on whether it is interpolated")
             return min(min(j, plain) + 1, n)
-        if self.strings:
-            for a, b in segments:
-                self.blank(a, b)
         return j + 1
 
     def char(self, i: int, *, at_token_start: bool) -> int:
@@ -288,7 +357,9 @@ class _Lexer:
         readings agree on what follows."""
         text, n = self.text, self.n
         if i + 1 < n and text[i + 1] == "'":
-            return i + 2
+            # `''` tokens, as many as the run of quotes holds (an odd one left starts a token: see `code`)
+            run = _QUOTES.match(text, i).end() - i  # type: ignore[union-attr]
+            return i + run - run % 2
         # the literal reading
         if i + 1 >= n:
             end, error = n, "a character literal at the end of the text"
@@ -315,20 +386,13 @@ class _Lexer:
 
     def raw_string_start(self, i: int) -> bool:
         """`isRawStrLitStart` after `r`: `#`* then `"`."""
-        j = i + 1
-        while j < self.n and self.text[j] == "#":
-            j += 1
-        return j < self.n and self.text[j] == '"'
+        return _RAW_STRING_OPENING.match(self.text, i + 1) is not None
 
     def raw_string(self, i: int) -> int:
         """`rawStrLitFnAux`: `r`, k `#`s, `"`, then up to the first `"` followed by k `#`s."""
         text, n = self.text, self.n
-        hashes = 0
-        j = i + 1
-        while text[j] == "#":
-            hashes += 1
-            j += 1
-        closing = '"' + "#" * hashes
+        j = _RAW_STRING_OPENING.match(text, i + 1).end() - 1  # type: ignore[union-attr]  # the opening `"`
+        closing = '"' + "#" * (j - i - 1)
         end = text.find(closing, j + 1)
         if end == -1:
             self.problem(i, n, "an unterminated raw string literal")
@@ -337,37 +401,6 @@ class _Lexer:
         if self.strings:
             self.blank(j + 1, end)
         return end + len(closing)
-
-    def number(self, i: int) -> int:
-        """`numberFnAux`: `0b`/`0o`/`0x` literals, decimals with an optional `.digits` and exponent."""
-        text, n = self.text, self.n
-
-        def digits(j: int, allowed: str) -> int:
-            while j < n and (text[j] in allowed or text[j] == "_"):
-                j += 1
-            return j
-
-        if text[i] == "0" and i + 1 < n and text[i + 1] in "bBoOxX":
-            allowed = {"b": "01", "o": "01234567", "x": _HEX}[text[i + 1].lower()]
-            j = digits(i + 2, allowed)
-            if j == i + 2:
-                self.problem(i, j, "a number literal without digits")
-            return j
-        j = digits(i, _DIGITS)
-        if j < n and text[j] in ".eE":
-            if text[j] == ".":
-                j += 1
-                if j < n and text[j] in _DIGITS:
-                    j = digits(j, _DIGITS)
-            if j < n and text[j] in "eE":
-                k = j + 1
-                if k < n and text[k] in "+-":
-                    k += 1
-                if k < n and text[k] in _DIGITS:
-                    return digits(k, _DIGITS)
-                self.problem(i, k, "a scientific literal without exponent digits")
-                return k
-        return j
 
     def ident(self, i: int) -> int:
         """`identFnAux`: parts `«…»` or idFirst idRest*, joined by `.` when a part follows."""
@@ -455,8 +488,8 @@ def parse_statement(text: str, *, param: str = "formal_statement") -> Statement:
         raise InvalidStatement("formal_statement must be a Lean 4 `theorem` or `lemma` declaration", param=param)
     if len(decls) > 1:
         raise InvalidStatement(
-            "formal_statement must hold exactly one theorem or lemma; found "
-            f"{len(decls)} (lines {', '.join(str(text.count(chr(10), 0, d.start()) + 1) for d in decls)})",
+            f"formal_statement must hold exactly one theorem or lemma; found {len(decls)} "
+            f"(lines {_line_numbers(text, [d.start() for d in decls])})",
             param=param,
         )
     decl = decls[0]
@@ -480,6 +513,16 @@ def parse_statement(text: str, *, param: str = "formal_statement") -> Statement:
     if ":" not in blanked[name_match.end() : tail.start()]:
         raise InvalidStatement("the theorem has no type (no `:` before `:=`)", param=param)
     return Statement(kind=decl.group(1), name=name, head=head, text=text)
+
+
+def _line_numbers(text: str, offsets: list[int], shown: int = 5) -> str:
+    """The 1-based lines of the first `shown` of the ascending `offsets`, counted in one pass."""
+    lines, line, done = [], 1, 0
+    for offset in offsets[:shown]:
+        line += text.count("\n", done, offset)
+        done = offset
+        lines.append(str(line))
+    return ", ".join(lines) + (", …" if len(offsets) > shown else "")
 
 
 def normalize_statement(text: str) -> str:

@@ -132,10 +132,22 @@ META_NAMES = frozenset(
         "CommandElab", "TermElab", "setEnv", "modifyEnv",
     }
 )  # fmt: skip
-_META_COMPONENT = re.compile(
-    r"(?:^|_)(?:elab|elabs|parser|parsers|macro|delab|unexpander|extension)(?:_|$)|^(?:builtin|register|declare)_"
-    r"|Elab(?:orator)?$|Parser$|Extension$"
-)
+# Identifier components read as meta-programming by their shape: an `_`-separated word, a prefix or a suffix.
+# (String tests, not a regex: a regex alternation tries every word at every character of a long component.)
+_META_WORDS = frozenset({"elab", "elabs", "parser", "parsers", "macro", "delab", "unexpander", "extension"})
+_META_PREFIXES = ("builtin_", "register_", "declare_")
+_META_SUFFIXES = ("Elab", "Elaborator", "Parser", "Extension")
+
+
+def _meta_component(part: str) -> bool:
+    return (
+        part.endswith(_META_SUFFIXES)
+        or part.startswith(_META_PREFIXES)
+        or ("_" in part and not _META_WORDS.isdisjoint(part.split("_")))
+        or part in _META_WORDS
+    )
+
+
 # Attributes a helper may carry; any other (`command_elab`, `tactic`, `init`, `*_parser`, `instance`,
 # `default_instance`, `to_additive`, `csimp`, norm_num/positivity extensions, `aesop` — whose `tactic` rule
 # builder, also chosen by default for a tactic-typed declaration, runs the declaration as a tactic, …) is rejected.
@@ -517,6 +529,11 @@ def _covered_open(line: str, opened: set[str]) -> bool:
     return bool(names) and all(name in opened for name in names)
 
 
+def _parts(name: str) -> list[str]:
+    """The components of an identifier as `_IDENTIFIER` reads it, without `«»`."""
+    return [a or b for a, b in _IDENTIFIER_PARTS.findall(name)] if "«" in name else name.split(".")
+
+
 def _identifiers(blanked: str) -> list[tuple[int, int, list[str]]]:
     """Every identifier of the (blanked) code as Lean's `identFn` reads it: (start, end, components without «»)."""
     parts_of: dict[str, list[str]] = {}  # one split per distinct name
@@ -525,25 +542,27 @@ def _identifiers(blanked: str) -> list[tuple[int, int, list[str]]]:
         name = match.group(0)
         parts = parts_of.get(name)
         if parts is None:
-            parts = [a or b for a, b in _IDENTIFIER_PARTS.findall(name)] if "«" in name else name.split(".")
-            parts_of[name] = parts
+            parts = parts_of[name] = _parts(name)
         out.append((match.start(), match.end(), parts))
     return out
 
 
+def _closing_bracket(blanked: str, opening: int) -> int | None:
+    """The `]` that closes the `[` at `opening`, if it is at most `_MAX_ATTRIBUTE_LIST` characters on."""
+    depth = 0
+    for bracket in _BRACKET.finditer(blanked, opening, opening + _MAX_ATTRIBUTE_LIST + 2):
+        depth += 1 if bracket.group(0) == "[" else -1
+        if depth == 0:
+            return bracket.start()
+    return None
+
+
 def _attribute_violations(blanked: str) -> list[Violation]:
     """Attributes outside `SAFE_ATTRIBUTES` (elaborators, parsers, initializers, instances, aesop rules, …)."""
-    closing: dict[int, int] = {}  # `[` offset -> its `]`, matched in one pass
-    stack: list[int] = []
-    for bracket in _BRACKET.finditer(blanked):
-        if bracket.group(0) == "[":
-            stack.append(bracket.start())
-        elif stack:
-            closing[stack.pop()] = bracket.start()
     found: list[Violation] = []
     lists = list(_ATTRIBUTE_LIST.finditer(blanked))
     for index, match in enumerate(lists):
-        end = closing.get(match.end() - 1)
+        end = _closing_bracket(blanked, match.end() - 1)
         following = lists[index + 1].start() if index + 1 < len(lists) else len(blanked)
         if end is None or end - match.end() > _MAX_ATTRIBUTE_LIST or end > following:
             found.append(Violation("an attribute list that does not close where expected", match.start(), match.end()))
@@ -647,17 +666,14 @@ def apply_text_policy(code: str, header: str, *, raw_scan: bool = True) -> tuple
         for match in _HASH_COMMAND.finditer(text)
         if match.group(1) in HASH_COMMANDS or match.group(1).rstrip("!?") in HASH_COMMANDS
     )
-    rule_of: dict[int, str | None] = {}  # judged once per distinct name (`_identifiers` shares its parts list)
-    found = 0
-    for start, end, parts in _identifiers(text):
-        if id(parts) not in rule_of:
-            rule_of[id(parts)] = _token_rule(parts)
-        rule = rule_of[id(parts)]
-        if rule:
-            violations.append(Violation(rule, start, end))
-            found += 1
-            if found > _KEEP:
-                break
+    # Each distinct name is judged once (`findall` lists them in C); only a refused name is looked for again.
+    refused = {name for name in set(_IDENTIFIER.findall(text)) if _token_rule(_parts(name))}
+    if refused:
+        violations += _first(
+            Violation(_token_rule(parts) or "", start, end)
+            for start, end, parts in _identifiers(text)
+            if text[start:end] in refused
+        )
     violations += _attribute_violations(text)
     return "".join(kept), text, violations
 
@@ -676,7 +692,7 @@ def _token_rule(parts: list[str]) -> str | None:
     for part in parts:
         if part in FORBIDDEN_TOKENS:
             return FORBIDDEN_TOKENS[part]
-        if part in META_NAMES or _META_COMPONENT.search(part):
+        if part in META_NAMES or _meta_component(part):
             return f"`{part}` is meta-programming (elaborators, environment, IO)"
     return None
 
