@@ -330,7 +330,14 @@ def check_jobs(followed: list[Followed]) -> list[str]:
         verdicts = [a["verdict"] for a in job["attempts"]]
         expected = ["fail"] * (t.rounds - 1) + ["pass" if passes(t) else "fail"]
         if verdicts != expected:
-            problems.append(f"{t.name} ({f.job_id}): attempts {verdicts}, expected {expected}")
+            why = "; ".join(
+                f"round {a['round']} {a['verdict']}: " + " ".join(str(a.get("feedback") or "").split())[:300]
+                for a in job["attempts"]
+                if a["verdict"] not in ("pass", "fail")
+            )
+            problems.append(
+                f"{t.name} ({f.job_id}): attempts {verdicts}, expected {expected}" + (f" ({why})" if why else "")
+            )
         if passes(t) and t.token(t.rounds) not in (job.get("proof") or ""):
             problems.append(f"{t.name} ({f.job_id}): proof {job.get('proof')!r} lacks {t.token(t.rounds)}")
         if not any(e in TERMINAL_EVENTS for e in f.events):
