@@ -106,7 +106,9 @@ def round_examples(store: Any, job: dict[str, Any], prompt_dir: Path | None) -> 
                     "verdict": task.previous.verdict.value,
                     "feedback": task.previous.feedback,
                 },
-                "lean_messages": json.loads(task.extra["lean_messages"]) if "lean_messages" in task.extra else None,
+                "lean_messages": [m.to_json() for m in task.previous.messages]
+                if task.previous and task.previous.messages
+                else None,
                 "attempt": {
                     "code": code,
                     "verdict": attempt.get("verdict"),

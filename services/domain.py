@@ -4,6 +4,10 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 from enum import StrEnum
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:  # only an annotation here: services.lean imports this module
+    from services.lean.protocol import LeanMessage
 
 
 class Verdict(StrEnum):
@@ -53,11 +57,15 @@ class RetrievedProof:
 
 @dataclass(frozen=True)
 class PreviousAttempt:
-    """What a repair round sees of the round before it: only the last attempt, not the whole history."""
+    """What a repair round sees of the round before it: only the last attempt, not the whole history.
+
+    `messages` are Lean's messages on `code` (positions against `code`, as `LeanMessage.pos` is), which some
+    prompt profiles lay out themselves (services/prompts/feedback.py); `feedback` is the same as plain text."""
 
     code: str
     feedback: str
     verdict: Verdict
+    messages: tuple[LeanMessage, ...] = ()
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from services.domain import PreviousAttempt, ProofTask, RetrievedProof, Verdict
+from services.domain import ProofTask, RetrievedProof, Verdict
 from services.errors import RequestError
 from services.prompts import (
     BUILTIN_DIR,
@@ -23,6 +23,7 @@ from services.prompts import (
     render,
     validate_profiles,
 )
+from services.rounds import previous_attempt
 
 GOLDEN = Path(__file__).parent / "golden" / "prompts"
 PROFILES = ["oprover", "goedel-v2", "deepseek-v2", "kimina"]
@@ -92,11 +93,15 @@ def first_task(**changes) -> ProofTask:
     return ProofTask(**values)
 
 
-def repair_task(code: str = PREVIOUS_CODE, feedback: str = FEEDBACK, **changes) -> ProofTask:
+def repair_task(
+    code: str = PREVIOUS_CODE, feedback: str = FEEDBACK, messages: list[dict] = LEAN_MESSAGES, **changes
+) -> ProofTask:
+    """A round-2 task whose previous attempt carries `messages` (as a job's attempt stores them)."""
     values = {
-        "previous": PreviousAttempt(code=code, feedback=feedback, verdict=Verdict.FAIL),
+        "previous": previous_attempt(
+            {"code": code, "feedback": feedback, "verdict": Verdict.FAIL.value, "messages": messages}
+        ),
         "round": 2,
-        "extra": {"lean_messages": json.dumps(LEAN_MESSAGES), "checked_code": code},
     }
     values.update(changes)
     return first_task(**values)
@@ -177,7 +182,7 @@ def test_goedel_feedback_marks_the_error_span_and_caps_at_eight():
         {"severity": "error", "pos": {"line": 4, "column": 2}, "endPos": {"line": 4, "column": 10}, "data": f"e{i}"}
         for i in range(10)
     ]
-    task = repair_task(extra={"lean_messages": json.dumps(messages), "checked_code": PREVIOUS_CODE})
+    task = repair_task(messages=messages)
     repair = profile.messages(task)[-1]["content"]
     assert "  <error>nlinarit</error>h [Real.sq_sqrt" in repair
     assert repair.count("Error Message: ") == 8 and "[Omitted 2 more errors]" in repair
@@ -185,7 +190,7 @@ def test_goedel_feedback_marks_the_error_span_and_caps_at_eight():
 
 @pytest.mark.parametrize("name", ["goedel-v2", "kimina"])
 def test_structured_styles_fall_back_to_plain_feedback(name):
-    task = repair_task(extra={})
+    task = repair_task(messages=[])
     assert FEEDBACK in load_profile(name).messages(task)[-1]["content"]
 
 

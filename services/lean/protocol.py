@@ -42,10 +42,30 @@ class LeanMessage:
     compiled_pos: Pos | None = None
     compiled_end_pos: Pos | None = None
     source: str = "lean"  # "lean" | "policy" | "checker"
+    # The goal before the error, when known (the checker does not ask the REPL for it today); Kimina's
+    # repair prompt shows it (services/prompts/feedback.py).
+    goal: str | None = None
 
     @property
     def is_error(self) -> bool:
         return self.severity == "error"
+
+    @classmethod
+    def from_json(cls, stored: Any) -> LeanMessage | None:
+        """A message as `to_json` wrote it (a job's stored attempt), or None when it is not one: stored records
+        outlive versions, and one bad message must not cost a round its prompt."""
+        if not isinstance(stored, dict) or not isinstance(stored.get("severity"), str):
+            return None
+        return cls(
+            severity=stored["severity"],
+            data=str(stored.get("data") or ""),
+            pos=_stored_pos(stored.get("pos")),
+            end_pos=_stored_pos(stored.get("endPos")),
+            compiled_pos=_stored_pos(stored.get("compiledPos")),
+            compiled_end_pos=_stored_pos(stored.get("compiledEndPos")),
+            source=str(stored.get("source") or "lean"),
+            goal=stored["goal"] if isinstance(stored.get("goal"), str) else None,
+        )
 
     def to_json(self) -> dict[str, Any]:
         return {
@@ -56,7 +76,17 @@ class LeanMessage:
             "source": self.source,
             "compiledPos": self.compiled_pos.to_json() if self.compiled_pos else None,
             "compiledEndPos": self.compiled_end_pos.to_json() if self.compiled_end_pos else None,
+            **({"goal": self.goal} if self.goal is not None else {}),
         }
+
+
+def _stored_pos(stored: Any) -> Pos | None:
+    if not isinstance(stored, dict):
+        return None
+    line, column = stored.get("line"), stored.get("column", 0)
+    if type(line) is not int or type(column) is not int:  # bool is an int too
+        return None
+    return Pos(line=line, column=column)
 
 
 @dataclass(frozen=True)
