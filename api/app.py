@@ -10,8 +10,9 @@ from fastapi import FastAPI
 from fastapi.middleware.cors import CORSMiddleware
 
 from api import batch, chat, health, models, prove, verify
-from api.deps import Gateway
+from api.deps import Serving
 from api.errors import install_error_handlers
+from api.gateway import Gateway
 from api.input_limits import BodySizeLimit
 from api.relay import GeneratorRelay
 from services.settings import Settings
@@ -28,6 +29,7 @@ def create_app(settings: Settings) -> FastAPI:
         if settings.generator.url is None:
             logger.warning("OPROVER_GENERATOR_URL is not set: /readyz will report the generator as down")
         app.state.gateway = Gateway.open(settings)
+        app.state.serving = Serving.build(app.state.gateway)  # once: routes reach it through api/deps.py
         app.state.relay = GeneratorRelay(settings)
         callbacks = CallbackDelivery(app.state.gateway.aredis, app.state.gateway.store, settings.callback)
         callbacks.start()

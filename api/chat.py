@@ -2,9 +2,10 @@
 name is relayed to the generator unchanged (api/relay.py).
 
 Routes parse, call one function and map its result; the semantics live in `OpenAIServingChat`
-(api/serving_chat.py). A client that disconnects before its answer cancels its proof job unless it asked for
-`"background": true`: a streamed answer is cancelled by Starlette when the client goes (its response races the
-body against the disconnect message), a non-streamed one races its wait against the disconnect message here.
+(api/serving_chat.py), built once at start-up. A client that disconnects before its answer cancels its proof job
+unless it asked for `"background": true`: a streamed answer is cancelled by Starlette when the client goes (its
+response races the body against the disconnect message), a non-streamed one races its wait against the
+disconnect message here.
 """
 
 from __future__ import annotations
@@ -18,11 +19,10 @@ from fastapi.concurrency import run_in_threadpool
 from fastapi.responses import JSONResponse, Response, StreamingResponse
 
 from api import idempotency
-from api.deps import CallerDep, GatewayDep, require_api_key
+from api.deps import CallerDep, ServingChatDep, require_api_key
 from api.openai_protocol import OPROVER_MODEL, ChatCompletionRequest
 from api.protocol import ErrorResponse
 from api.relay import RelayDep
-from api.serving_chat import OpenAIServingChat
 
 T = TypeVar("T")
 
@@ -37,7 +37,7 @@ router = APIRouter(prefix="/v1", tags=["chat"], dependencies=[Depends(require_ap
 async def chat_completions(
     body: ChatCompletionRequest,
     request: Request,
-    gateway: GatewayDep,
+    serving: ServingChatDep,
     relay: RelayDep,
     caller: CallerDep,
     idempotency_key: Annotated[
@@ -46,9 +46,10 @@ async def chat_completions(
 ) -> Response:
     if body.model != OPROVER_MODEL:
         return await relay.chat(await request.body(), stream=bool(body.stream))
-    serving = OpenAIServingChat(gateway, caller)
     raw = await request.body()
-    chat = await run_in_threadpool(serving.submit_once, body, idempotency_key, raw)  # every 4xx is here, before a 200
+    chat = await run_in_threadpool(
+        serving.submit_once, caller, body, idempotency_key, raw
+    )  # every 4xx is here, before a 200
     headers = {JOB_ID_HEADER: chat.job_id}
     if body.stream:
         return StreamingResponse(

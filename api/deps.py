@@ -1,4 +1,10 @@
-"""The gateway's shared resources and the small typed dependencies routes reach them through."""
+"""What routes reach through FastAPI dependencies: the caller, the gateway's resources and the serving objects.
+
+Both the resources (`Gateway`, api/gateway.py) and the serving objects (`Serving`) are built once, in the app's
+lifespan (api/app.py), and kept on `app.state`; a route names the one it needs (`ServingProveDep`, ...) and
+passes the caller (`CallerDep`) to each call. The semantics live in the serving classes (api/serving_*.py);
+routes parse HTTP and map results, as vLLM's entrypoints call its `OpenAIServing*` objects.
+"""
 
 from __future__ import annotations
 
@@ -6,62 +12,66 @@ import logging
 from dataclasses import dataclass
 from typing import Annotated
 
-import redis
-import redis.asyncio
 from fastapi import Depends, Request
-from redis.asyncio import Redis as AsyncRedis
 
-from api.quotas import Quotas
+from api.gateway import Gateway
+from api.lean_versions import LeanVersions
+from api.serving_chat import OpenAIServingChat
+from api.serving_prove import ServingProve
+from api.serving_verify import ServingVerify
 from api.tenancy import Caller, authenticate
-from services import redis_clients
-from services.settings import Settings
-from services.store import JobStore
-from workers.dispatch import Dispatcher
 
 logger = logging.getLogger(__name__)
 
 
-@dataclass
-class Gateway:
-    settings: Settings
-    redis: redis.Redis  # sync client: store and RQ calls, always through the thread pool
-    aredis: AsyncRedis  # async client: blocking event reads on the event loop
-    store: JobStore
-    dispatch: Dispatcher
-    quotas: Quotas
+@dataclass(frozen=True)
+class Serving:
+    """The gateway's serving objects, one of each for the process's life."""
+
+    lean: LeanVersions
+    prove: ServingProve
+    verify: ServingVerify
+    chat: OpenAIServingChat
 
     @classmethod
-    def open(cls, settings: Settings) -> Gateway:
-        """Two pools (services/redis_clients.py): plain commands from the thread pool, and the event loop's
-        blocking reads, each of which holds a connection for up to one `MAX_BLOCK_S` block."""
-        url = settings.redis.url
-        client = redis_clients.sync_client(
-            url, name="oprover-gateway", max_connections=redis_clients.GATEWAY_SYNC_CONNECTIONS
-        )
-        return cls(
-            settings=settings,
-            redis=client,
-            aredis=redis_clients.async_client(
-                url,
-                name="oprover-gateway-wait",
-                max_connections=settings.redis.gateway_connections,
-                block_s=redis_clients.MAX_BLOCK_S,
-            ),
-            store=JobStore(client, job_ttl_s=settings.prove.job_ttl_s),
-            dispatch=Dispatcher(client, settings),
-            quotas=Quotas(client, settings.quota),
-        )
-
-    async def close(self) -> None:
-        await self.aredis.aclose()
-        self.redis.close()
+    def build(cls, gateway: Gateway) -> Serving:
+        lean = LeanVersions(gateway)
+        prove = ServingProve(gateway, lean)
+        return cls(lean=lean, prove=prove, verify=ServingVerify(gateway, lean), chat=OpenAIServingChat(gateway, prove))
 
 
 def get_gateway(request: Request) -> Gateway:
     return request.app.state.gateway
 
 
+def get_serving(request: Request) -> Serving:
+    return request.app.state.serving
+
+
 GatewayDep = Annotated[Gateway, Depends(get_gateway)]
+ServingDep = Annotated[Serving, Depends(get_serving)]
+
+
+def get_serving_prove(serving: ServingDep) -> ServingProve:
+    return serving.prove
+
+
+def get_serving_verify(serving: ServingDep) -> ServingVerify:
+    return serving.verify
+
+
+def get_serving_chat(serving: ServingDep) -> OpenAIServingChat:
+    return serving.chat
+
+
+def get_lean_versions(serving: ServingDep) -> LeanVersions:
+    return serving.lean
+
+
+ServingProveDep = Annotated[ServingProve, Depends(get_serving_prove)]
+ServingVerifyDep = Annotated[ServingVerify, Depends(get_serving_verify)]
+ServingChatDep = Annotated[OpenAIServingChat, Depends(get_serving_chat)]
+LeanVersionsDep = Annotated[LeanVersions, Depends(get_lean_versions)]
 
 
 def require_api_key(request: Request, gateway: GatewayDep) -> Caller:

@@ -48,6 +48,11 @@ class Outcome:
     replayed: bool  # True: these jobs were created by an earlier request with the same key
 
 
+def replayed_headers(outcome: Outcome) -> dict[str, str]:
+    """The response header that tells a client its jobs are the ones an earlier request created."""
+    return {"idempotent-replayed": "true"} if outcome.replayed else {}
+
+
 def check_header(value: str) -> str:
     if not value or len(value) > MAX_KEY_CHARS or not value.isascii() or not value.isprintable():
         raise RequestError(

@@ -15,9 +15,9 @@ from typing import Any
 from fastapi import APIRouter, Depends
 from fastapi.concurrency import run_in_threadpool
 
-from api.deps import Gateway, GatewayDep, require_api_key
+from api.deps import LeanVersionsDep, require_api_key
+from api.lean_versions import LeanVersions
 from api.openai_protocol import OPROVER_MODEL
-from api.prove import ProveService
 from api.relay import RelayDep
 from services.prompts import available_profiles
 
@@ -25,8 +25,8 @@ router = APIRouter(prefix="/v1", tags=["models"], dependencies=[Depends(require_
 _STARTED = int(time.time())
 
 
-def _models(gateway: Gateway) -> dict[str, Any]:
-    settings = gateway.settings
+def _models(lean: LeanVersions) -> dict[str, Any]:
+    settings = lean.settings
     return {
         "object": "list",
         "data": [
@@ -37,7 +37,7 @@ def _models(gateway: Gateway) -> dict[str, Any]:
                 "owned_by": "oprover-serve",
                 "oprover_kind": "proving_loop",
                 "generator_model": settings.generator.model,
-                "lean": ProveService(gateway).lean_versions(),
+                "lean": lean.served(),
                 "default_lean_version": settings.lean.version,
                 "prompt_profiles": available_profiles(settings.prompt.dir),
                 "default_prompt_profile": settings.prompt.profile,
@@ -47,8 +47,8 @@ def _models(gateway: Gateway) -> dict[str, Any]:
 
 
 @router.get("/models")
-async def models(gateway: GatewayDep, relay: RelayDep) -> dict[str, Any]:
-    listing = await run_in_threadpool(_models, gateway)
+async def models(lean: LeanVersionsDep, relay: RelayDep) -> dict[str, Any]:
+    listing = await run_in_threadpool(_models, lean)
     for entry in await relay.models():
         if entry["id"] != OPROVER_MODEL:  # the loop's id wins: a request for it is never relayed
             listing["data"].append({**entry, "oprover_kind": "raw_generator", "relayed": True})

@@ -6,8 +6,9 @@ fields map to the job's sampling, `n` > 1 is `attempts` (one choice per chain: p
 `user` and `metadata` are kept on the job. Everything that can be refused is refused before the job exists,
 so a bad request is a 4xx, never a 200 stream that fails.
 
-The answer follows the job's event stream (Redis Streams, as `/v1/prove/{id}/events` does): a blocking read
-of at most `keepalive_s`, so a stream that has nothing to say sends an SSE comment instead, and a job whose
+Built once at start-up over `ServingProve` (api/app.py); every request names its caller, whose job it creates.
+The answer follows the job's event stream (`ServingProve.follow`, as `/v1/prove/{id}/events` does): a blocking
+read of at most `keepalive_s`, so a stream that has nothing to say sends an SSE comment instead, and a job whose
 record vanished is noticed. Progress goes out as `delta.reasoning_content` (what chat UIs show as thinking):
 a round started, the retrieved proofs it uses, Lean's verdict and first error; the answer is `delta.content`.
 """
@@ -28,19 +29,16 @@ import redis.exceptions
 from fastapi.concurrency import run_in_threadpool
 
 from api import chat_text
-from api.deps import Gateway
+from api.gateway import Gateway
 from api.openai_protocol import OPROVER_MODEL, ChatCompletionRequest
 from api.protocol import ProveRequest, SamplingParams
-from api.prove import ProveService
-from api.tenancy import OPEN, Caller
-from services import keys, redis_clients
-from services.domain import TERMINAL_STATUSES
+from api.serving_prove import ServingProve
+from api.tenancy import Caller
 from services.errors import OproverError, RequestError
-from services.store import Event, read_events_async
+from services.store import Event
 
 logger = logging.getLogger(__name__)
 
-_TERMINAL_EVENTS = {f"job.{status.value}" for status in TERMINAL_STATUSES}
 # Our request fields that have another name on the proof job: an error about the job's field names the chat's.
 _PARAMS = {"formal_statement": "messages", "sampling.max_tokens": "max_tokens"}
 KEEPALIVE = ": keep-alive\n\n"
@@ -53,6 +51,7 @@ class ChatJob:
     job_id: str
     request: ChatCompletionRequest
     choices: int
+    caller: Caller  # the key the job belongs to: a client that leaves cancels it as that key
     created: int = field(default_factory=lambda: int(time.time()))
 
     @property
@@ -61,13 +60,13 @@ class ChatJob:
 
 
 class OpenAIServingChat:
-    def __init__(self, gateway: Gateway, caller: Caller = OPEN) -> None:
+    def __init__(self, gateway: Gateway, prove: ServingProve) -> None:
         self.gw = gateway
-        self.prove = ProveService(gateway, caller)  # the chat's job belongs to the calling key
+        self.prove = prove
         self.keepalive_s = gateway.settings.chat.keepalive_s
 
     # --- the request --------------------------------------------------------------------------------------------
-    def submit(self, req: ChatCompletionRequest) -> ChatJob:
+    def submit(self, caller: Caller, req: ChatCompletionRequest) -> ChatJob:
         """Validate and start the proof job (sync: store and RQ calls; routes call it in the thread pool)."""
         if req.model != OPROVER_MODEL:
             raise RequestError(f"model {req.model!r} is relayed, not proved", param="model")
@@ -103,23 +102,25 @@ class OpenAIServingChat:
             if exc.param in _PARAMS:
                 exc.param = _PARAMS[exc.param]
             raise
-        job_id = self.prove.submit_spec(replace(spec, user=req.user), interactive=not req.background)
+        job_id = self.prove.submit_spec(caller, replace(spec, user=req.user), interactive=not req.background)
         logger.info("job %s: chat request (%d choice(s), stream=%s)", job_id, spec.attempts, bool(req.stream))
-        return ChatJob(job_id=job_id, request=req, choices=spec.attempts)
+        return ChatJob(job_id=job_id, request=req, choices=spec.attempts, caller=caller)
 
-    def submit_once(self, req: ChatCompletionRequest, idempotency_key: str | None, body: bytes) -> ChatJob:
+    def submit_once(
+        self, caller: Caller, req: ChatCompletionRequest, idempotency_key: str | None, body: bytes
+    ) -> ChatJob:
         """`submit`, at most once per Idempotency-Key of the caller: a retry follows the job the first one started."""
         created: list[ChatJob] = []
 
         def create() -> list[str]:
-            created.append(self.submit(req))
+            created.append(self.submit(caller, req))
             return [created[0].job_id]
 
-        outcome = self.prove.once("chat", idempotency_key, body, create)
+        outcome = self.prove.once(caller, "chat", idempotency_key, body, create)
         if created:
             return created[0]
         job_id = outcome.job_ids[0]
-        return ChatJob(job_id=job_id, request=req, choices=self.gw.store.spec(job_id).attempts)
+        return ChatJob(job_id=job_id, request=req, choices=self.gw.store.spec(job_id).attempts, caller=caller)
 
     async def abandon(self, chat: ChatJob) -> None:
         """The client left before the answer: stop its job, unless it asked for the job to go on."""
@@ -128,27 +129,15 @@ class OpenAIServingChat:
             return
         with anyio.CancelScope(shield=True):  # we are being cancelled ourselves: this part must still run
             try:
-                await run_in_threadpool(self.prove.cancel, chat.job_id)
+                await run_in_threadpool(self.prove.cancel, chat.caller, chat.job_id)
                 logger.info("job %s: chat client left; job cancelled", chat.job_id)
             except (OproverError, redis.exceptions.RedisError) as exc:  # already ended, expired, Redis down
                 logger.info("job %s: chat client left; not cancelled: %s", chat.job_id, exc)
 
     # --- following the job ----------------------------------------------------------------------------------------
-    async def _follow(self, job_id: str) -> AsyncIterator[Event | None]:
+    def _follow(self, job_id: str) -> AsyncIterator[Event | None]:
         """The job's events up to its terminal one; None after each `keepalive_s` without any."""
-        after = "0-0"
-        block_ms = int(min(self.keepalive_s, redis_clients.MAX_BLOCK_S) * 1000)
-        while True:
-            events = await read_events_async(self.gw.aredis, job_id, after, block_ms=block_ms)
-            for event in events:
-                after = event.id
-                yield event
-                if event.type in _TERMINAL_EVENTS:
-                    return
-            if not events:
-                if not await self.gw.aredis.exists(keys.job_key(job_id)):
-                    raise RequestError(f"proof job {job_id} expired before it finished", code="job_expired")
-                yield None
+        return self.prove.follow(job_id, idle_s=self.keepalive_s)
 
     async def complete(self, chat: ChatJob) -> dict[str, Any]:
         """The whole answer, once the job has ended (non-streaming requests)."""
