@@ -11,6 +11,7 @@ from collections.abc import Iterator
 
 import pytest
 
+from tests.api_fixtures import running_service
 from tests.harness import ServiceHarness
 from tests.shared_data import GOLDEN, read_jsonl
 from tests.test_chat_openai import GOOD, GOOD_MARK, PROBLEM, completion_text
@@ -22,17 +23,14 @@ STATEMENTS = [record["formal_statement"] for record in read_jsonl(GOLDEN / "mini
 
 @pytest.fixture(scope="module")
 def service(redis_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceHarness]:
-    harness = ServiceHarness(redis_url=f"{redis_server}/14", workdir=tmp_path_factory.mktemp("batch"))
-    harness.redis.flushdb()
-    try:
-        harness.lean_rules([{"match": GOOD_MARK, "outcome": "pass", "check_s": 1}])
-        harness.generator.script([], default={"content": completion_text(GOOD), "delay_s": 2})
-        harness.start_gateway(OPROVER_PROVE_MAX_BATCH="5")
-        harness.start_worker("generate")
-        harness.start_worker("verify")
+    with running_service(
+        f"{redis_server}/14",
+        tmp_path_factory.mktemp("batch"),
+        lean_rules=[{"match": GOOD_MARK, "outcome": "pass", "check_s": 1}],
+        model={"content": completion_text(GOOD), "delay_s": 2},
+        gateway_env={"OPROVER_PROVE_MAX_BATCH": "5"},
+    ) as harness:
         yield harness
-    finally:
-        harness.close()
 
 
 def _jobs(harness: ServiceHarness) -> int:

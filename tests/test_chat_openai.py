@@ -14,6 +14,7 @@ import openai
 import pytest
 from langchain_openai import ChatOpenAI
 
+from tests.api_fixtures import running_service
 from tests.harness import ServiceHarness
 from tests.test_loop_e2e import GOOD, GOOD_MARK, LEAN_MESSAGE, PROBLEM, WRONG, WRONG_MARK
 
@@ -31,21 +32,12 @@ def completion_text(code: str) -> str:
 def service(redis_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceHarness]:
     """One gateway and one worker of each kind for the module (their start is most of a test's cost); each test
     scripts the stand-in model afresh. Lean's table is the same for all: the good proof passes, the wrong fails."""
-    harness = ServiceHarness(redis_url=f"{redis_server}/14", workdir=tmp_path_factory.mktemp("chat"))
-    harness.redis.flushdb()
-    try:
-        harness.lean_rules(
-            [
-                {"match": GOOD_MARK, "outcome": "pass"},
-                {"match": WRONG_MARK, "outcome": "error", "message": LEAN_MESSAGE},
-            ]
-        )
-        harness.start_gateway()
-        harness.start_worker("generate")
-        harness.start_worker("verify")
+    rules = [
+        {"match": GOOD_MARK, "outcome": "pass"},
+        {"match": WRONG_MARK, "outcome": "error", "message": LEAN_MESSAGE},
+    ]
+    with running_service(f"{redis_server}/14", tmp_path_factory.mktemp("chat"), lean_rules=rules) as harness:
         yield harness
-    finally:
-        harness.close()
 
 
 def script(harness: ServiceHarness, *, repaired: bool = True) -> openai.OpenAI:

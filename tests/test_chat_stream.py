@@ -14,6 +14,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.api_fixtures import running_service
 from tests.harness import ServiceHarness
 from tests.test_chat_openai import GOOD, GOOD_MARK, LEAN_MESSAGE, QUESTION, WRONG_MARK, completion_text
 
@@ -38,16 +39,12 @@ def _read_frames(response: httpx.Response) -> list[str]:
 @pytest.fixture(scope="module")
 def slow_service(redis_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceHarness]:
     """A stand-in model that takes 3 s per answer: long enough to leave in the middle of a round."""
-    harness = ServiceHarness(redis_url=f"{redis_server}/15", workdir=tmp_path_factory.mktemp("chat-stream"))
-    harness.redis.flushdb()
-    try:
-        harness.lean_rules([{"match": GOOD_MARK, "outcome": "pass"}])
-        harness.start_gateway()
-        harness.start_worker("generate")
-        harness.start_worker("verify")
+    with running_service(
+        f"{redis_server}/15",
+        tmp_path_factory.mktemp("chat-stream"),
+        lean_rules=[{"match": GOOD_MARK, "outcome": "pass"}],
+    ) as harness:
         yield harness
-    finally:
-        harness.close()
 
 
 def _job_status(harness: ServiceHarness, job_id: str) -> str:

@@ -15,6 +15,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.api_fixtures import bearer, running_service
 from tests.harness import ServiceHarness
 from tests.test_chat_openai import GOOD, GOOD_MARK, PROBLEM, completion_text
 
@@ -26,23 +27,19 @@ BODY = {"formal_statement": PROBLEM["formal_statement"], "rounds": 1}
 
 
 def _headers(key: str, idem: str | None = None) -> dict[str, str]:
-    return {"Authorization": f"Bearer {key}", **({"Idempotency-Key": idem} if idem else {})}
+    return {**bearer(key), **({"Idempotency-Key": idem} if idem else {})}
 
 
 @pytest.fixture(scope="module")
 def service(redis_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceHarness]:
-    harness = ServiceHarness(redis_url=f"{redis_server}/13", workdir=tmp_path_factory.mktemp("idempotency"))
-    harness.redis.flushdb()
-    harness.env["OPROVER_API_KEYS"] = f"{KEY_A},{KEY_B}"
-    try:
-        harness.lean_rules([{"match": GOOD_MARK, "outcome": "pass", "check_s": 2}])
-        harness.generator.script([], default={"content": completion_text(GOOD), "delay_s": 3})
-        harness.start_gateway()
-        harness.start_worker("generate")
-        harness.start_worker("verify")
+    with running_service(
+        f"{redis_server}/13",
+        tmp_path_factory.mktemp("idempotency"),
+        lean_rules=[{"match": GOOD_MARK, "outcome": "pass", "check_s": 2}],
+        model={"content": completion_text(GOOD), "delay_s": 3},
+        env={"OPROVER_API_KEYS": f"{KEY_A},{KEY_B}"},
+    ) as harness:
         yield harness
-    finally:
-        harness.close()
 
 
 def _job_count(service: ServiceHarness) -> int:

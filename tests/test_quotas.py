@@ -17,6 +17,7 @@ import pytest
 from api.tenancy import owner_id
 from services import keys
 from services.store import utc_day
+from tests.api_fixtures import running_service
 from tests.harness import ServiceHarness
 from tests.test_chat_openai import GOOD, GOOD_MARK, PROBLEM, completion_text
 
@@ -31,21 +32,15 @@ RPM = 30
 
 @pytest.fixture(scope="module")
 def service(redis_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceHarness]:
-    harness = ServiceHarness(redis_url=f"{redis_server}/13", workdir=tmp_path_factory.mktemp("quotas"))
-    harness.redis.flushdb()
-    harness.env["OPROVER_API_KEYS"] = ",".join(KEYS.values())
-    try:
-        harness.lean_rules([{"match": GOOD_MARK, "outcome": "pass", "check_s": 2}])
-        harness.generator.script([], default={"content": completion_text(GOOD), "delay_s": 3})
-        harness.start_gateway(
-            OPROVER_QUOTA_REQUESTS_PER_MINUTE=str(RPM),
-            OPROVER_QUOTA_JOBS_IN_FLIGHT="2",
-        )
-        harness.start_worker("generate")
-        harness.start_worker("verify")
+    with running_service(
+        f"{redis_server}/13",
+        tmp_path_factory.mktemp("quotas"),
+        lean_rules=[{"match": GOOD_MARK, "outcome": "pass", "check_s": 2}],
+        model={"content": completion_text(GOOD), "delay_s": 3},
+        env={"OPROVER_API_KEYS": ",".join(KEYS.values())},
+        gateway_env={"OPROVER_QUOTA_REQUESTS_PER_MINUTE": str(RPM), "OPROVER_QUOTA_JOBS_IN_FLIGHT": "2"},
+    ) as harness:
         yield harness
-    finally:
-        harness.close()
 
 
 def _client(service: ServiceHarness, name: str) -> httpx.Client:

@@ -16,6 +16,7 @@ import pytest
 
 from api.tenancy import authenticate, owner_id
 from services.errors import RequestError
+from tests.api_fixtures import bearer, running_service
 from tests.harness import ServiceHarness
 from tests.test_chat_openai import GOOD, GOOD_MARK, PROBLEM, completion_text
 
@@ -27,30 +28,20 @@ ADMIN = "sk-admin-5e7a9c1b3d5f7e9a1c3b5d7f9e1a"
 KEYS = (KEY_A, KEY_B, ADMIN)
 
 
-def _auth(key: str) -> dict[str, str]:
-    return {"Authorization": f"Bearer {key}"}
-
-
 @pytest.fixture(scope="module")
 def service(redis_server: str, tmp_path_factory: pytest.TempPathFactory) -> Iterator[ServiceHarness]:
-    harness = ServiceHarness(redis_url=f"{redis_server}/13", workdir=tmp_path_factory.mktemp("tenancy"))
-    harness.redis.flushdb()
-    keys = {"OPROVER_API_KEYS": f"{KEY_A},{KEY_B}", "OPROVER_API_ADMIN_KEYS": ADMIN}
-    harness.env.update(keys)  # every process gets them, as a deployment's shared .env would give them
-    try:
-        harness.lean_rules([{"match": GOOD_MARK, "outcome": "pass", "check_s": 2}])
-        harness.generator.script([], default={"content": completion_text(GOOD), "delay_s": 3})
-        harness.start_gateway()
-        harness.start_worker("generate")
-        harness.start_worker("verify")
+    with running_service(
+        f"{redis_server}/13",
+        tmp_path_factory.mktemp("tenancy"),
+        lean_rules=[{"match": GOOD_MARK, "outcome": "pass", "check_s": 2}],
+        model={"content": completion_text(GOOD), "delay_s": 3},
+        env={"OPROVER_API_KEYS": f"{KEY_A},{KEY_B}", "OPROVER_API_ADMIN_KEYS": ADMIN},  # every process gets them
+    ) as harness:
         yield harness
-    finally:
-        harness.close()
-        harness.redis.close()
 
 
 def _submit(service: ServiceHarness, key: str, **extra: Any) -> dict[str, Any]:
-    with service.client(headers=_auth(key)) as http:
+    with service.client(headers=bearer(key)) as http:
         response = http.post("/v1/prove", json={"formal_statement": PROBLEM["formal_statement"], "rounds": 1, **extra})
     assert response.status_code == 202, response.text
     return response.json()
@@ -58,7 +49,7 @@ def _submit(service: ServiceHarness, key: str, **extra: Any) -> dict[str, Any]:
 
 def _wait(service: ServiceHarness, key: str, job_id: str, timeout_s: float = 60) -> dict[str, Any]:
     deadline = time.monotonic() + timeout_s
-    with service.client(headers=_auth(key)) as http:
+    with service.client(headers=bearer(key)) as http:
         while True:
             job = http.get(f"/v1/prove/{job_id}").json()
             if job["status"] in ("proved", "failed", "cancelled", "error"):
@@ -74,7 +65,7 @@ def _assert_not_found(response: httpx.Response) -> None:
 
 def test_another_keys_job_is_a_404_on_read_events_and_cancel(service: ServiceHarness) -> None:
     job_id = _submit(service, KEY_A)["id"]
-    with service.client(headers=_auth(KEY_B)) as other:
+    with service.client(headers=bearer(KEY_B)) as other:
         _assert_not_found(other.get(f"/v1/prove/{job_id}"))
         _assert_not_found(other.get(f"/v1/prove/{job_id}/events"))
         _assert_not_found(other.delete(f"/v1/prove/{job_id}"))
@@ -86,24 +77,24 @@ def test_another_keys_job_is_a_404_on_read_events_and_cancel(service: ServiceHar
         )
     with service.client() as anonymous:
         assert anonymous.get(f"/v1/prove/{job_id}").status_code == 401
-    with service.client(headers=_auth(ADMIN)) as admin:
+    with service.client(headers=bearer(ADMIN)) as admin:
         assert admin.get(f"/v1/prove/{job_id}").status_code == 200
     job = _wait(service, KEY_A, job_id)
     assert job["status"] == "proved"  # B's cancel did nothing
-    with service.client(headers=_auth(KEY_A)) as owner:
+    with service.client(headers=bearer(KEY_A)) as owner:
         events = owner.get(f"/v1/prove/{job_id}/events")
     assert events.status_code == 200 and "job.proved" in events.text
 
 
 def test_admin_key_cancels_any_job_and_owner_sees_it(service: ServiceHarness) -> None:
     job_id = _submit(service, KEY_B, rounds=4)["id"]
-    with service.client(headers=_auth(ADMIN)) as admin:
+    with service.client(headers=bearer(ADMIN)) as admin:
         assert admin.delete(f"/v1/prove/{job_id}").json()["status"] == "cancelled"
     assert _wait(service, KEY_B, job_id)["status"] == "cancelled"
 
 
 def test_a_chat_job_belongs_to_the_chat_caller(service: ServiceHarness) -> None:
-    with service.client(headers=_auth(KEY_A)) as http:
+    with service.client(headers=bearer(KEY_A)) as http:
         response = http.post(
             "/v1/chat/completions",
             json={"model": "oprover", "messages": [{"role": "user", "content": PROBLEM["formal_statement"]}]},
@@ -111,9 +102,9 @@ def test_a_chat_job_belongs_to_the_chat_caller(service: ServiceHarness) -> None:
         )
     assert response.status_code == 200, response.text
     job_id = response.headers["x-oprover-job-id"]
-    with service.client(headers=_auth(KEY_B)) as other:
+    with service.client(headers=bearer(KEY_B)) as other:
         _assert_not_found(other.get(f"/v1/prove/{job_id}"))
-    with service.client(headers=_auth(KEY_A)) as owner:
+    with service.client(headers=bearer(KEY_A)) as owner:
         assert owner.get(f"/v1/prove/{job_id}").status_code == 200
 
 
@@ -132,7 +123,7 @@ def test_jobs_store_the_keys_hash_never_the_key(service: ServiceHarness) -> None
 def test_no_key_appears_in_any_process_log(service: ServiceHarness) -> None:
     # Runs last in the module: by now every process has served authenticated submissions, reads, event streams,
     # cancels, chats and a bad key; its whole log is searched.
-    with service.client(headers=_auth(KEY_A + "x")) as wrong:
+    with service.client(headers=bearer(KEY_A + "x")) as wrong:
         assert wrong.get("/v1/prove/prf_x").status_code == 401
     logs = {name: service.log(name) for name in service.processes}
     assert set(logs) == {"gateway", "generate-worker", "verify-worker"}
