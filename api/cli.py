@@ -162,13 +162,14 @@ def cmd_up(args: argparse.Namespace) -> int:
         raise SystemExit(f"oprover up: {exc}") from None
     if demo is not None:
         redis_server = LocalRedis.start_if_needed(settings.redis.url, data=demo.directory / "redis")
-        demo.seed_memory(settings.qdrant)
     else:
         redis_server = LocalRedis.start_if_needed(settings.redis.url)
     if redis_server is not None:
         children["redis"] = redis_server.process
     if model_server is not None:
         children["model-server"] = model_server.start()
+        if demo is not None:  # while the stand-in model starts; before a worker opens the memory (then it is theirs)
+            demo.seed_memory(settings.qdrant)
         os.environ["OPROVER_GENERATOR_URL"] = model_server.url  # inherited by the gateway and the workers
         if not model_server.wait_ready(lambda: stopping):
             code = model_server.stop()

@@ -283,15 +283,22 @@ class Demo:
         return ModelServer(launch, log_path=self.directory / "logs" / "standin-model.log")
 
     def seed_memory(self, settings: Any) -> None:
-        """Put the seed proofs into the demo's memory before a worker opens it (then it is theirs)."""
+        """Put the seed proofs into the demo's memory. A failure leaves the memory empty, not the demo stopped: the
+        demo still proves its sample, retrieval just shows nothing until the first proof."""
+        from services.errors import MemoryError_
         from services.memory import ProofMemory, import_proofs
 
-        memory = ProofMemory(settings)
+        seed = _data("seed_memory.jsonl")
         try:
-            summary = import_proofs(memory, _data("seed_memory.jsonl"), progress=False)
-        finally:
-            memory.close()
-        logger.info("demo memory seeded with %d published proofs (%s)", summary.added, _data("seed_memory.jsonl"))
+            memory = ProofMemory(settings)
+            try:
+                summary = import_proofs(memory, seed, progress=False)
+            finally:
+                memory.close()
+        except (MemoryError_, OSError, ValueError) as exc:
+            logger.warning("demo memory not seeded from %s: %s", seed, exc)
+            return
+        logger.info("demo memory seeded with %d published proofs (%s)", summary.added, seed)
 
     # --- what it tells the user -----------------------------------------------------------------------------------
     def starting(self) -> str:
