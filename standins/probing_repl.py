@@ -4,8 +4,9 @@ and reports all it got in the Lean messages it returns. NOT Lean.
 It is `standins/fake_repl.py` (same protocol, same rule table deciding each verdict) plus a probe that runs before
 every reply, as code submitted to a real REPL could. The probe tries to:
 
-* read every process's ``/proc/<pid>/environ``, ``cmdline``, ``maps``, its ``cwd``/``root`` links and ``fd`` list,
-  the worker's (``/proc/<ppid>/...``) first;
+* read every process's ``/proc/<pid>/environ`` and ``maps``, its ``cwd``/``root`` links and ``fd`` list, the
+  worker's (``/proc/<ppid>/...``) first, and the worker's and its own ``cmdline`` (world-readable by design: never
+  a place for a secret);
 * read the files the table names (``probe.files``: a secret file of the worker, the Redis configuration …) and
   any file under the worker's cwd it can list;
 * list, read and write into every other sandbox's private dir (``/tmp/oprover-sandbox-*``), the worker's replay
@@ -99,8 +100,10 @@ class Probe:
         own = os.environ.get("TMPDIR", "")
         pids = sorted((int(p) for p in os.listdir("/proc") if p.isdigit()), key=lambda p: p != os.getppid())
         for pid in pids:
-            for name in ("environ", "cmdline", "maps"):
+            for name in ("environ", "maps"):
                 self._read(f"/proc/{pid}/{name}")
+            if pid in (os.getpid(), os.getppid()):  # (every command line is public; these two make the point)
+                self._read(f"/proc/{pid}/cmdline")
             for name in ("cwd", "root"):
                 self._link(f"/proc/{pid}/{name}")
             self._list(f"/proc/{pid}/fd")

@@ -78,6 +78,19 @@ def drop_to(uid: int, gid: int) -> None:
         raise OSError(f"still running as uid {os.geteuid()} gid {os.getegid()}")
 
 
+def map_own_ids(uid: int, gid: int) -> None:
+    """In a user namespace just made: map our uid and gid (as they were outside: inside, unmapped, they read as
+    65534) to themselves, one id each, the only mapping an unprivileged process may write; so the process sees the
+    ids it has outside. What it may touch is the same either way, and a non-zero uid keeps no capability across
+    `exec`."""
+    with open("/proc/self/uid_map", "w") as handle:
+        handle.write(f"{uid} {uid} 1\n")
+    with open("/proc/self/setgroups", "w") as handle:
+        handle.write("deny\n")
+    with open("/proc/self/gid_map", "w") as handle:
+        handle.write(f"{gid} {gid} 1\n")
+
+
 def _live_pids_of(uid: int) -> list[int]:
     """Processes of `uid` other than this one that still run (zombies cannot run anything)."""
     found = []
@@ -276,12 +289,21 @@ def main(argv: list[str] | None = None) -> int:
     for _, fd in handed:
         os.close(fd)
     if args.net == "isolate" and not isolated:
+        uid, gid = os.geteuid(), os.getegid()
         errno_user = _unshare(CLONE_NEWUSER | CLONE_NEWNET)
         if errno_user != 0:
             sys.stderr.write(
                 f"{MARK} cannot create a network namespace (unshare: no CAP_SYS_ADMIN; with a user namespace: "
                 f"{os.strerror(errno_user)}); refusing to start without network isolation\n"
             )
+            return EXIT_SANDBOX
+        try:
+            # The uid switch made this process non-dumpable, which makes its /proc files root's; the command will
+            # be dumpable after `exec` anyway, and no other process of this uid is left to trace it meanwhile.
+            _prctl(PR_SET_DUMPABLE, 1)
+            map_own_ids(uid, gid)
+        except OSError as exc:
+            sys.stderr.write(f"{MARK} cannot map the uid into the user namespace: {exc}\n")
             return EXIT_SANDBOX
     try:
         _prctl(PR_SET_NO_NEW_PRIVS, 1)
