@@ -4,8 +4,10 @@
 #
 # Mathlib and the repl both tag every Lean release, so LEAN_VERSION pins all three (see docs/lean.md for
 # switching). Mathlib's compiled cache is fetched at build time: the container never downloads at run time.
-# The toolchain, Mathlib and the repl belong to root and are read-only to the `lean` user the worker runs as;
-# each REPL additionally runs in its own network namespace with a private temp dir (services/lean/sandbox_launch.py).
+# The toolchain, Mathlib and the repl belong to root and are read-only. The worker runs as root with every
+# capability dropped but CAP_SETUID/CAP_SETGID (deploy/lean/compose.yaml, deploy/k8s): each REPL and each replay
+# runs under a uid of its own from OPROVER_LEAN_SANDBOX_UID_BASE (not the worker's), in its own network namespace
+# with a private temp dir (services/lean/sandbox.py, sandbox_launch.py).
 # The kernel replay program (services/lean/lean_files/OproverReplay.lean), whose verdict alone decides a pass, is
 # built here against the same Lean version.
 FROM python:3.11.11-slim-bookworm
@@ -49,7 +51,6 @@ RUN cd /opt/lean/replay \
 # wrote the workspace's own caches first, so `lake env` at run time has nothing to write.
 RUN chmod -R a-w /opt/elan /opt/lean
 
-RUN useradd --create-home --uid 10002 lean
 WORKDIR /app
 COPY requirements.lock pyproject.toml README.md ./
 RUN pip install --no-cache-dir -r requirements.lock
@@ -63,7 +64,8 @@ ENV OPROVER_LEAN_CMD="lake env /opt/lean/repl/.lake/build/bin/repl" \
     OPROVER_LEAN_CWD=/opt/lean/mathlib4 \
     OPROVER_LEAN_VERSION=${LEAN_VERSION} \
     OPROVER_LEAN_REPL_VERSION=${LEAN_VERSION}
-USER lean
+# No USER: the worker needs root's uid to switch each REPL to its own (with only CAP_SETUID/CAP_SETGID left by
+# the runtime); it refuses to start without them unless OPROVER_LEAN_SANDBOX_SHARED_UID=true (docs/lean.md).
 # Healthy = the worker has at least one warm REPL (the header imported); Mathlib's import takes a while.
 HEALTHCHECK --interval=30s --timeout=5s --start-period=600s --retries=3 \
   CMD ["pgrep", "-f", "/opt/lean/repl/.lake/build/bin/repl"]
