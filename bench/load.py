@@ -42,6 +42,7 @@ import os
 import random
 import re
 import shutil
+import signal
 import sys
 import tempfile
 import threading
@@ -779,6 +780,10 @@ def main(argv: list[str] | None = None) -> int:
             file=sys.stderr,
         )
         return 2
+    # SIGTERM (a test's timeout, a CI runner) ends the run like Ctrl-C: the `finally` blocks stop `oprover up` and
+    # the stand-in generator, which run in sessions of their own and would otherwise outlive this process.
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # also when started in the background (SIG_IGN)
     out = run(plan, args)
 
     changed = (
