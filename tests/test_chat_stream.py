@@ -59,10 +59,15 @@ def _wait_status(harness: ServiceHarness, job_id: str, wanted: str, timeout_s: f
         time.sleep(0.1)
 
 
-def test_a_streaming_client_that_disconnects_cancels_its_job(slow_service: ServiceHarness) -> None:
-    harness = slow_service
+def _model_answers_slowly(harness: ServiceHarness) -> None:
+    """The stand-in model answers the good proof after 3 s: long enough to leave in the middle of a round."""
     harness.generator.reset()
     harness.generator.script([], default={"content": completion_text(GOOD), "delay_s": 3})
+
+
+def test_a_streaming_client_that_disconnects_cancels_its_job(slow_service: ServiceHarness) -> None:
+    harness = slow_service
+    _model_answers_slowly(harness)
     with (
         harness.client() as http,
         http.stream("POST", "/v1/chat/completions", json=_body(extra_field_for_log=1)) as response,
@@ -83,8 +88,7 @@ def test_a_streaming_client_that_disconnects_cancels_its_job(slow_service: Servi
 
 def test_a_background_streaming_client_leaves_and_its_job_goes_on(slow_service: ServiceHarness) -> None:
     harness = slow_service
-    harness.generator.reset()
-    harness.generator.script([], default={"content": completion_text(GOOD), "delay_s": 3})
+    _model_answers_slowly(harness)
     with (
         harness.client() as http,
         http.stream("POST", "/v1/chat/completions", json=_body(background=True)) as response,
@@ -98,8 +102,7 @@ def test_a_background_streaming_client_leaves_and_its_job_goes_on(slow_service: 
 
 def test_a_non_streaming_client_that_times_out_cancels_its_job(slow_service: ServiceHarness) -> None:
     harness = slow_service
-    harness.generator.reset()
-    harness.generator.script([], default={"content": completion_text(GOOD), "delay_s": 3})
+    _model_answers_slowly(harness)
     before = set(harness.redis.keys("oprover:job:{*}"))
     with httpx.Client(base_url=str(harness.gateway_url), timeout=1.5) as http, pytest.raises(httpx.ReadTimeout):
         http.post("/v1/chat/completions", json={**_body(), "stream": False})
@@ -174,8 +177,7 @@ def test_a_chat_at_real_latencies_with_shipped_defaults_keeps_the_stream_alive(r
 
 def test_an_error_after_the_200_is_a_data_frame_with_the_envelope_then_done(slow_service: ServiceHarness) -> None:
     harness = slow_service
-    harness.generator.reset()
-    harness.generator.script([], default={"content": completion_text(GOOD), "delay_s": 3})
+    _model_answers_slowly(harness)
     with (
         harness.client() as http,
         http.stream("POST", "/v1/chat/completions", json=_body(background=True)) as response,
