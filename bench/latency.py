@@ -87,6 +87,21 @@ class Service:
         self.harness.start_worker("generate", concurrency=64)
         self.harness.start_worker("verify")
 
+    def cpu_s(self) -> dict[str, float]:
+        """CPU seconds (user + system) each process of the service has used so far: the gateway, the two workers
+        and Redis. A round's CPU time does not depend on the machine's load; its wall time does."""
+        import psutil
+
+        processes = {"gateway": self.harness.processes["gateway"].pid,
+                     "generate worker": self.harness.processes["generate-worker"].pid,
+                     "verify worker": self.harness.processes["verify-worker"].pid,
+                     "redis-server": self.redis_process.pid}  # fmt: skip
+        used = {}
+        for name, pid in processes.items():
+            times = psutil.Process(pid).cpu_times()
+            used[name] = times.user + times.system
+        return used
+
     def close(self) -> None:
         self.harness.close()
         self.redis_process.send_signal(signal.SIGTERM)
@@ -102,6 +117,7 @@ def service_rounds(service: Service, rounds: int, jobs: int) -> dict[str, Any]:
     names = ("gen wait", "gen step", "ver wait", "ver step", "generator", "Lean")
     parts: dict[str, list[float]] = {k: [] for k in names}
     conn = redis.Redis.from_url(service.redis_url)
+    cpu_before = service.cpu_s()
     with httpx.Client(base_url=service.url, timeout=30) as client:
         for _ in range(jobs):
             job_id = client.post("/v1/prove", json={"formal_statement": STATEMENT, "rounds": rounds, "attempts": 1,
@@ -118,8 +134,10 @@ def service_rounds(service: Service, rounds: int, jobs: int) -> dict[str, Any]:
                 parts["ver step"].append(_between(ver.started_at, ver.ended_at) - t["verify_ms"])
                 parts["generator"].append(t["generate_ms"])
                 parts["Lean"].append(t["verify_ms"])
+    cpu_after = service.cpu_s()
     conn.close()
-    return {"per_round_ms": [1000 * v for v in per_round], "parts": parts}
+    cpu_ms = {name: 1000 * (cpu_after[name] - cpu_before[name]) / (rounds * jobs) for name in cpu_after}
+    return {"per_round_ms": [1000 * v for v in per_round], "parts": parts, "cpu_ms": cpu_ms}
 
 
 def redis_cost(service: Service, rounds: int) -> dict[str, Any]:
@@ -198,10 +216,11 @@ def direct_rounds(service: Service, rounds: int) -> dict[str, Any]:
     checker = LeanChecker(settings.lean)
     checker.start()
     profile = load_profile(settings.prompt.profile, extra_dir=settings.prompt.dir)
-    times: dict[str, list[float]] = {"round": [], "prompt": [], "extract": []}
+    times: dict[str, list[float]] = {"round": [], "prompt": [], "extract": [], "cpu": []}
     try:
         checker.check(STATEMENT + "  positivity -- PASS_ME\n", formal_statement=STATEMENT)  # warm
         previous = None
+        cpu_started = time.process_time()
         for round_ in range(1, rounds + 1):
             started = time.perf_counter()
             task = ProofTask(formal_statement=STATEMENT, header=settings.lean.header, informal_statement=None,
@@ -220,6 +239,7 @@ def direct_rounds(service: Service, rounds: int) -> dict[str, Any]:
             times["extract"].append(1000 * (extracted - got))
             previous = PreviousAttempt(code=extraction.code or "", feedback=result.feedback or "",
                                        verdict=Verdict(result.verdict.value))  # fmt: skip
+        times["cpu"].append(1000 * (time.process_time() - cpu_started) / rounds)
     finally:
         checker.close()
         generator.close()
@@ -295,6 +315,13 @@ def main(argv: list[str] | None = None) -> int:
     print(f"| round through the service (job wall / {args.rounds} rounds, {args.jobs} jobs) | {s50:.1f} |")
     print(f"| round in-process, direct (same stand-ins, same client, warm checker) | {d50:.1f} |")
     print(f"| **added by the service** | **{s50 - d50:.1f}** (ratio {s50 / d50:.1f}x) |")
+    cpu = served["cpu_ms"]
+    print("\n### CPU time per round (ms; independent of the machine's load, unlike the wall times above)\n")
+    print("| process | CPU ms per round |\n| --- | ---: |")
+    for name, value in cpu.items():
+        print(f"| {name} | {value:.1f} |")
+    print(f"| **the service, all four** | **{sum(cpu.values()):.1f}** |")
+    print(f"| the direct loop's process (prompt, client, extraction, checker) | {direct['cpu'][0]:.1f} |")
     print("\n### Where a service round's time goes (p50 per round, ms)\n")
     print("| part | p50 ms | p90 ms |\n| --- | ---: | ---: |")
     for name, values in served["parts"].items():
