@@ -2,7 +2,8 @@
 environment, and how everything it started is ended and what it wrote is taken out (docs/lean.md, "Sandbox").
 
 Submitted code runs in REPLs. Each REPL process, and each replay, runs under a uid of its own, leased from the range
-``OPROVER_LEAN_SANDBOX_UID_BASE`` .. ``+ OPROVER_LEAN_SANDBOX_UID_COUNT - 1``, never the worker's. The kernel then
+``OPROVER_LEAN_SANDBOX_UID_BASE`` .. ``+ OPROVER_LEAN_SANDBOX_UID_COUNT - 1`` (the next COUNT uids are their reapers'),
+never the worker's. The kernel then
 keeps it out of the worker's ``/proc/<pid>/environ``, ``cwd``, ``fd`` and memory (they need ptrace access, which
 another uid does not have), out of the worker's files and directories (mode 0700/0600), and out of other
 REPLs' private dirs and handoff files. A uid is leased with an exclusive ``flock`` on a lock file in a
@@ -77,6 +78,8 @@ class SandboxConfig:
     uid_base: int = 50000
     uid_count: int = 1000
     shared_uid: bool = False  # allow the worker's own uid when it cannot switch uids
+    max_processes: int = 4096  # RLIMIT_NPROC of a sandbox uid (threads count: Lean runs one per core and a few more)
+    max_file_mb: int = 4096  # RLIMIT_FSIZE: no file larger (an environment file is at most max_pickle_mb)
     address_space_mb: int = 0
     cpu_limit_s: int = 0
 
@@ -110,7 +113,7 @@ def require_isolation(cfg: SandboxConfig) -> bool:
     if not cfg.enabled:
         return False
     if can_switch_uids():
-        first, last = cfg.uid_base, cfg.uid_base + cfg.uid_count - 1
+        first, last = cfg.uid_base, cfg.uid_base + 2 * cfg.uid_count - 1  # the second half: the reapers
         if first <= 0 or last >= 2**32 - 1:
             raise SandboxUnavailable(f"OPROVER_LEAN_SANDBOX_UID_BASE/COUNT give uids {first}..{last}: not usable")
         if first <= os.geteuid() <= last or first <= os.getegid() <= last:
@@ -168,8 +171,8 @@ _cursor: dict[tuple[int, int], int] = {}
 
 
 def _lock_dir() -> Path:
-    """`<tmp>/oprover-sandbox-uids-<euid>`: created by the worker, 0700, refused if anyone else owns it."""
-    path = Path(tempfile.gettempdir()) / f"oprover-sandbox-uids-{os.geteuid()}"
+    """`/tmp/oprover-sandbox-uids-<euid>`: created by the worker, 0700, refused if anyone else owns it."""
+    path = Path("/tmp") / f"oprover-sandbox-uids-{os.geteuid()}"  # not TMPDIR: one table for every worker
     with contextlib.suppress(FileExistsError):
         path.mkdir(mode=0o700)
     info = path.lstat()
@@ -221,6 +224,13 @@ class Sandbox:
     def uid(self) -> int | None:
         return self.lease.uid if self.lease else None
 
+    @property
+    def _reaper_uid(self) -> int:
+        """The partner of the leased uid, in the range's second half: what its reaper runs as (real and saved uid),
+        so processes of the leased uid cannot signal or trace it (`sandbox_launch.reap_as`)."""
+        assert self.lease is not None
+        return self.lease.uid + self.cfg.uid_count
+
     def argv(self, cmd: list[str], copy_in: Sequence[Path] = ()) -> list[str]:
         """`cmd` behind the launcher (or as is when the sandbox is off: then `copy_in` is not copied)."""
         if not self.cfg.enabled:
@@ -229,7 +239,9 @@ class Sandbox:
         launcher += ["--as-mb", str(self.cfg.address_space_mb), "--cpu-s", str(self.cfg.cpu_limit_s)]
         if self.lease is not None:
             launcher += ["--uid", str(self.lease.uid), "--gid", str(self.lease.uid)]
-        launcher += ["--private-dir", str(self.private_dir)]
+            launcher += ["--reaper-uid", str(self._reaper_uid), "--nproc", str(self.cfg.max_processes)]
+        launcher += ["--fsize-mb", str(self.cfg.max_file_mb)]
+        launcher += ["--make-tmpdir"]  # $TMPDIR: the name stays off the world-readable command line
         for path in copy_in:
             launcher += ["--copy-in", str(path)]
         return [*launcher, "--", *cmd]
@@ -242,7 +254,8 @@ class Sandbox:
     def _helper(self, *args: str, stdout: int | IO[bytes] = subprocess.DEVNULL) -> subprocess.CompletedProcess[bytes]:
         assert self.lease is not None
         uid = str(self.lease.uid)
-        argv = [sys.executable, "-I", "-S", str(LAUNCHER), "--uid", uid, "--gid", uid, *args]
+        argv = [sys.executable, "-I", "-S", str(LAUNCHER), "--uid", uid, "--gid", uid]
+        argv += ["--reaper-uid", str(self._reaper_uid), *args]
         return subprocess.run(
             argv, stdin=subprocess.DEVNULL, stdout=stdout, stderr=subprocess.PIPE, timeout=HELPER_TIMEOUT_S, env={}
         )

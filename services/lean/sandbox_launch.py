@@ -11,7 +11,9 @@ are forked and nothing here needs the project importable). To start a REPL or th
 4. ``--uid``/``--gid``: drop to that uid and gid (the worker holds CAP_SETUID/CAP_SETGID), no supplementary
    groups; then every process already running under that uid is killed (the pool leases the uid to this process
    alone; a leftover can only come from a worker that died holding it);
-5. ``--private-dir``: created here, mode 0700, owned by the uid the command runs as; the ``--copy-in`` files are
+5. ``--make-tmpdir``: ``$TMPDIR`` (the private dir; its name is in the environment, which no other uid may read, not
+   on the command line, which every process may read) is created here, mode 0700, owned by the uid the command runs
+   as; the ``--copy-in`` files are
    copied into it, read-only;
 6. without a network namespace yet: ``unshare(CLONE_NEWUSER | CLONE_NEWNET)`` as that unprivileged uid. If no
    network namespace can be made and ``--net isolate`` was asked, exit 126 with a message (fails closed);
@@ -34,7 +36,6 @@ import contextlib
 import ctypes
 import os
 import resource
-import shutil
 import signal
 import stat
 import sys
@@ -49,6 +50,8 @@ EXIT_REFUSED = 3
 EXIT_LEFTOVER = 4  # the file was handed out, but the private dir could not be removed
 MARK = "oprover-sandbox:"
 REAP_TIMEOUT_S = 10.0
+# Where any uid may create files: what a sandbox uid left there goes with it.
+SHARED_WRITABLE = ("/tmp", "/var/tmp", "/dev/shm")
 
 
 class HandoffRefused(Exception):
@@ -73,9 +76,24 @@ def _prctl(option: int, value: int) -> None:
 def drop_to(uid: int, gid: int) -> None:
     os.setgroups([])
     os.setgid(gid)
-    os.setuid(uid)
+    os.setresuid(uid, uid, uid)
     if os.getuid() != uid or os.geteuid() != uid or os.getegid() != gid:
         raise OSError(f"still running as uid {os.geteuid()} gid {os.getegid()}")
+
+
+def reap_as(uid: int, gid: int, reaper_uid: int) -> list[int]:
+    """Kill every process of `uid`, untouchable by them: real and saved uid `reaper_uid` (the sandbox uid's own
+    partner, which no other process has), effective uid `uid`. Our `kill(-1)` reaches every process whose real uid
+    is `uid` (our effective one) and, of the rest, only processes of `reaper_uid`; theirs cannot reach us (a signal
+    needs their real or effective uid to be our real or saved one) nor can they trace us. Files are then accessed
+    as `uid`. Returns the survivors (empty on success)."""
+    os.setgroups([])
+    os.setgid(gid)
+    os.setresuid(reaper_uid, uid, reaper_uid)
+    if os.geteuid() != uid or os.getuid() != reaper_uid:
+        raise OSError(f"running as uid {os.getuid()}/{os.geteuid()}, not {reaper_uid}/{uid}")
+    _prctl(PR_SET_DUMPABLE, 0)
+    return kill_uid_processes(uid)
 
 
 def map_own_ids(uid: int, gid: int) -> None:
@@ -174,37 +192,75 @@ def copy_capped(source_fd: int, out_fd: int, max_bytes: int) -> int:
     return copied
 
 
-def _remove_tree(path: str) -> None:
-    def writable_then_retry(function, target, _exc) -> None:  # a dir the command made unreadable to itself
-        parent = os.path.dirname(target)
-        for each in (parent, target):
-            if os.path.isdir(each) and not os.path.islink(each):
-                with contextlib.suppress(OSError):
-                    os.chmod(each, 0o700)
-        try:
-            function(target)
-        except FileNotFoundError:
-            pass
-        except IsADirectoryError:
-            shutil.rmtree(target, ignore_errors=True)
+def remove_tree(path: str) -> None:
+    """Remove `path` (a file or a whole tree) as its owner, whatever its depth or permissions: iterative, relative
+    to the current directory (no recursion to overflow, no path too long), making each directory ours to list.
+    Safe without races only once no process of the owner runs (`reap_as`)."""
+    try:
+        info = os.lstat(path)
+    except FileNotFoundError:
+        return
+    if not stat.S_ISDIR(info.st_mode):
+        os.unlink(path)
+        return
+    os.chmod(path, 0o700)
+    os.chdir(path)
+    names: list[str] = []  # the directories entered below `path`
+    try:
+        while True:
+            below = None
+            with os.scandir(".") as entries:
+                for entry in entries:
+                    if entry.is_dir(follow_symlinks=False):
+                        below = entry.name
+                        break
+                    os.unlink(entry.name)
+            if below is not None:
+                os.chmod(below, 0o700, follow_symlinks=False)
+                os.chdir(below)
+                names.append(below)
+                continue
+            if not names:
+                break
+            os.chdir("..")
+            os.rmdir(names.pop())
+    finally:
+        os.chdir("/")
+    os.rmdir(path)
 
-    if os.path.lexists(path):
-        shutil.rmtree(path, onerror=writable_then_retry)
+
+def owned_entries(uid: int, roots: tuple[str, ...]) -> list[str]:
+    """Entries of `roots` (directories every uid may write in) that belong to `uid`."""
+    found = []
+    for root in roots:
+        try:
+            with os.scandir(root) as entries:
+                for entry in entries:
+                    try:
+                        if entry.stat(follow_symlinks=False).st_uid == uid:
+                            found.append(entry.path)
+                    except OSError:
+                        continue
+        except OSError:
+            continue
+    return found
 
 
 def hand_out(args: argparse.Namespace) -> int:
-    """`--reap` / `--take`: run as the sandbox uid, never as the worker."""
+    """`--reap` / `--take`: run as the sandbox uid (reaping: as its partner, `reap_as`), never as the worker."""
+    gid = args.gid if args.gid >= 0 else args.uid
     try:
-        drop_to(args.uid, args.gid if args.gid >= 0 else args.uid)
-        _prctl(PR_SET_DUMPABLE, 0)
+        if args.reap:
+            survivors = reap_as(args.uid, gid, args.reaper_uid)
+            if survivors:
+                sys.stderr.write(f"{MARK} processes of uid {args.uid} survive SIGKILL: {survivors[:10]}\n")
+                return EXIT_SANDBOX
+        else:
+            drop_to(args.uid, gid)
+            _prctl(PR_SET_DUMPABLE, 0)
     except OSError as exc:
         sys.stderr.write(f"{MARK} cannot switch to uid {args.uid}: {exc}\n")
         return EXIT_SANDBOX
-    if args.reap:
-        survivors = kill_uid_processes(args.uid)
-        if survivors:
-            sys.stderr.write(f"{MARK} processes of uid {args.uid} survive SIGKILL: {survivors[:10]}\n")
-            return EXIT_SANDBOX
     status = 0
     if args.take:
         try:
@@ -216,16 +272,15 @@ def hand_out(args: argparse.Namespace) -> int:
         except HandoffRefused as exc:
             sys.stderr.write(f"{exc}\n")
             status = EXIT_REFUSED
-    if args.reap and args.private_dir:
-        for attempt in range(3):
+    if args.reap:
+        leftovers = [args.private_dir] if args.private_dir else []
+        leftovers += owned_entries(args.uid, SHARED_WRITABLE)  # what it wrote where every uid may write
+        for path in leftovers:
             try:
-                _remove_tree(args.private_dir)
-                break
-            except OSError as exc:
-                if attempt == 2:
-                    sys.stderr.write(f"{MARK} cannot remove {args.private_dir}: {exc}\n")
-                    return status or EXIT_LEFTOVER
-                time.sleep(0.1)
+                remove_tree(path)
+            except (OSError, RuntimeError) as exc:
+                sys.stderr.write(f"{MARK} cannot remove {path}: {exc}\n")
+                status = status or EXIT_LEFTOVER
     return status
 
 
@@ -236,7 +291,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cpu-s", type=int, default=0)
     parser.add_argument("--uid", type=int, default=-1)
     parser.add_argument("--gid", type=int, default=-1)
+    parser.add_argument("--reaper-uid", type=int, default=-1)
+    parser.add_argument("--nproc", type=int, default=0)
+    parser.add_argument("--fsize-mb", type=int, default=0)
     parser.add_argument("--private-dir", default="")
+    parser.add_argument("--make-tmpdir", action="store_true")
     parser.add_argument("--copy-in", action="append", default=[])
     parser.add_argument("--reap", action="store_true")
     parser.add_argument("--take", default="")
@@ -244,8 +303,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("cmd", nargs=argparse.REMAINDER)
     args = parser.parse_args(argv)
     if args.reap or args.take:
-        if args.uid < 0:
-            parser.error("--reap and --take need --uid")
+        if args.uid < 0 or (args.reap and args.reaper_uid < 0):
+            parser.error("--reap and --take need --uid (--reap also --reaper-uid)")
         return hand_out(args)
     cmd = args.cmd[1:] if args.cmd[:1] == ["--"] else args.cmd
     if not cmd:
@@ -264,21 +323,32 @@ def main(argv: list[str] | None = None) -> int:
     if args.cpu_s > 0:  # SIGXCPU at the soft limit, SIGKILL at the hard one
         resource.setrlimit(resource.RLIMIT_CPU, (args.cpu_s, args.cpu_s + 5))
     if args.uid >= 0:
+        gid = args.gid if args.gid >= 0 else args.uid
         try:
-            drop_to(args.uid, args.gid if args.gid >= 0 else args.uid)
+            if args.reaper_uid >= 0:  # the uid is leased to us alone: what runs under it is a leftover
+                survivors = reap_as(args.uid, gid, args.reaper_uid)
+                if survivors:
+                    raise OSError(f"processes of uid {args.uid} survive SIGKILL: {survivors[:10]}")
+                os.setresuid(args.uid, args.uid, args.uid)  # (groups and gid are set; no capability is left)
+            else:
+                drop_to(args.uid, gid)
         except OSError as exc:
             sys.stderr.write(f"{MARK} cannot drop to uid {args.uid}: {exc}\n")
             return EXIT_SANDBOX
-        survivors = kill_uid_processes(args.uid)
-        if survivors:
-            sys.stderr.write(f"{MARK} processes of uid {args.uid} survive SIGKILL: {survivors[:10]}\n")
-            return EXIT_SANDBOX
-    if args.private_dir:
+    if args.nproc > 0:  # per uid: with a uid of its own, the processes and threads this command may have
+        resource.setrlimit(resource.RLIMIT_NPROC, (args.nproc, args.nproc))
+    if args.fsize_mb > 0:
+        limit = args.fsize_mb * 1024 * 1024
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+    if args.make_tmpdir:
+        private = os.environ.get("TMPDIR", "")
         try:
-            os.mkdir(args.private_dir, 0o700)  # fails if anyone made it first
-            os.chmod(args.private_dir, 0o700)  # whatever the umask
+            if not private:
+                raise OSError("TMPDIR is not set")
+            os.mkdir(private, 0o700)  # fails if anyone made it first
+            os.chmod(private, 0o700)  # whatever the umask
             for name, fd in handed:
-                out = os.open(os.path.join(args.private_dir, name), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o400)
+                out = os.open(os.path.join(private, name), os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o400)
                 try:
                     copy_capped(fd, out, 1 << 40)
                 finally:
