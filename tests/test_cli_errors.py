@@ -175,6 +175,7 @@ def test_ctrl_c_of_prove_cancels_its_job_and_exits_130(harness: ServiceHarness, 
 
 
 # --- the gateway goes away while a proof is followed -------------------------------------------------------------
+@pytest.mark.timing  # --timeout 25 ends the CLI within 45 s, two gateway starts included
 def test_prove_says_it_retries_while_the_gateway_is_down_and_gives_up_at_its_timeout(
     harness: ServiceHarness, theorem: Path
 ) -> None:

@@ -52,6 +52,7 @@ def test_hung_check_is_killed_at_its_timeout_and_replaced(tmp_path) -> None:
         assert checker.pool.stats["killed"] == 1
 
 
+@pytest.mark.timing  # a 0.5 s timeout answered within 5 s, REPL start included
 def test_timeout_argument_overrides_the_setting(tmp_path) -> None:
     with stand_in_checker(tmp_path, RULES, timeout_s=30.0) as checker:
         started = time.monotonic()
