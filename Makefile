@@ -32,13 +32,13 @@ TIMING_FILES  = $(shell grep -l 'pytest.mark.timing' tests/test_*.py)
 test: install
 	status=0; \
 	$(BIN)/pytest -q -m "not lean and not gpu and not timing" $(PARALLEL) || status=$$?; \
-	$(BIN)/pytest -q -m "not lean and not gpu and timing" -p no:xdist $(TIMING_FILES) || status=$$?; \
+	$(if $(TIMING_FILES),$(BIN)/pytest -q -m "not lean and not gpu and timing" -p no:xdist $(TIMING_FILES) || status=$$?;) \
 	exit $$status
 
 test-fast: install
 	status=0; \
 	$(BIN)/pytest -q -m "not lean and not gpu and not slow and not timing" $(PARALLEL) || status=$$?; \
-	$(BIN)/pytest -q -m "not lean and not gpu and not slow and timing" -p no:xdist $(TIMING_FILES) || status=$$?; \
+	$(if $(TIMING_FILES),$(BIN)/pytest -q -m "not lean and not gpu and not slow and timing" -p no:xdist $(TIMING_FILES) || status=$$?;) \
 	exit $$status
 
 lint: install
