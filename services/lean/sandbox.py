@@ -156,14 +156,14 @@ class UidLease:
     """One sandbox uid, held (an exclusive flock) until `release`, which only the code that saw its processes end
     may call."""
 
-    def __init__(self, uid: int, lock: IO[bytes]) -> None:
+    def __init__(self, uid: int, locks: list[IO[bytes]]) -> None:
         self.uid = uid
-        self._lock: IO[bytes] | None = lock
+        self._locks = locks
 
     def release(self) -> None:
-        if self._lock is not None:
-            self._lock.close()  # drops the flock
-            self._lock = None
+        for lock in self._locks:
+            lock.close()  # drops the flock
+        self._locks = []
 
 
 _cursor_lock = threading.Lock()
@@ -181,6 +181,16 @@ def _lock_dir() -> Path:
     return path
 
 
+def _try_lock(path: Path) -> IO[bytes] | None:
+    handle = open(path, "ab")  # noqa: SIM115 - held for the lease
+    try:
+        fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        handle.close()
+        return None
+    return handle
+
+
 def lease_uid(cfg: SandboxConfig) -> UidLease:
     """A uid of the range that no live sandbox holds, taken round-robin from a random start so a uid is reused as
     late as possible."""
@@ -191,15 +201,16 @@ def lease_uid(cfg: SandboxConfig) -> UidLease:
     for step in range(cfg.uid_count):
         offset = (start + step) % cfg.uid_count
         uid = cfg.uid_base + offset
-        handle = open(directory / str(uid), "ab")  # noqa: SIM115 - held for the lease
-        try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            handle.close()
+        # The uid and its reaper's partner uid, both: a worker configured with another range must lease neither.
+        locks = [_try_lock(directory / str(uid)), _try_lock(directory / str(uid + cfg.uid_count))]
+        if not all(locks):
+            for lock in locks:
+                if lock is not None:
+                    lock.close()
             continue
         with _cursor_lock:
             _cursor[key] = offset + 1
-        return UidLease(uid, handle)
+        return UidLease(uid, [lock for lock in locks if lock is not None])
     raise SandboxUnavailable(f"all {cfg.uid_count} sandbox uids from {cfg.uid_base} are in use", transient=True)
 
 

@@ -34,6 +34,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import ctypes
+import errno
 import os
 import resource
 import signal
@@ -195,6 +196,8 @@ def copy_capped(source_fd: int, out_fd: int, max_bytes: int) -> int:
 def remove_tree(path: str) -> None:
     """Remove `path` (a file or a whole tree) as its owner, whatever its depth or permissions: iterative, relative
     to the current directory (no recursion to overflow, no path too long), making each directory ours to list.
+    A directory of another uid inside (another sandbox planted it in a directory this one opened to all) is left
+    in place, with the directories holding it: that uid's reaper answers for it, and nothing of ours stays there.
     Safe without races only once no process of the owner runs (`reap_as`)."""
     try:
         info = os.lstat(path)
@@ -205,16 +208,24 @@ def remove_tree(path: str) -> None:
         return
     os.chmod(path, 0o700)
     os.chdir(path)
+    me = os.geteuid()
     names: list[str] = []  # the directories entered below `path`
+    kept: set[tuple[int, int]] = set()  # another uid's directories, and ours that hold one
     try:
         while True:
             below = None
             with os.scandir(".") as entries:
                 for entry in entries:
+                    found = entry.stat(follow_symlinks=False)
+                    if (found.st_dev, found.st_ino) in kept:
+                        continue
                     if entry.is_dir(follow_symlinks=False):
+                        if found.st_uid != me:
+                            kept.add((found.st_dev, found.st_ino))
+                            continue
                         below = entry.name
                         break
-                    os.unlink(entry.name)
+                    os.unlink(entry.name)  # (in our directory, whoever owns the file)
             if below is not None:
                 os.chmod(below, 0o700, follow_symlinks=False)
                 os.chdir(below)
@@ -223,10 +234,21 @@ def remove_tree(path: str) -> None:
             if not names:
                 break
             os.chdir("..")
-            os.rmdir(names.pop())
+            name = names.pop()
+            try:
+                os.rmdir(name)
+            except OSError as exc:
+                if exc.errno != errno.ENOTEMPTY or not kept:
+                    raise
+                held = os.lstat(name)
+                kept.add((held.st_dev, held.st_ino))
     finally:
         os.chdir("/")
-    os.rmdir(path)
+    try:
+        os.rmdir(path)
+    except OSError as exc:
+        if exc.errno != errno.ENOTEMPTY or not kept:
+            raise
 
 
 def owned_entries(uid: int, roots: tuple[str, ...]) -> list[str]:
