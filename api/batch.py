@@ -38,12 +38,14 @@ def parse_items(raw: bytes) -> list[tuple[Any, str]]:
     try:
         text = raw.decode()
     except UnicodeDecodeError:
-        raise RequestError("the batch is not UTF-8 text", code="invalid_json") from None
+        raise RequestError("the batch is not UTF-8 text", param="body", code="invalid_json") from None
     if text.lstrip().startswith("["):
         try:
             items = json.loads(text)
         except ValueError as exc:
-            raise RequestError(f"the batch is not a valid JSON list: {exc}", code="invalid_json") from None
+            raise RequestError(
+                f"the batch is not a valid JSON list: {exc}", param="body", code="invalid_json"
+            ) from None
         return [(item, f"item {index}") for index, item in enumerate(items)]
     parsed: list[tuple[Any, str]] = []
     for number, line in enumerate(text.splitlines(), start=1):

@@ -50,7 +50,11 @@ def error_response(
 
 
 def _param(loc: tuple[Any, ...]) -> str | None:
+    """The offending field as a dotted path; `body` itself when the body as a whole is missing or of the wrong
+    type (a client should still be told where to look)."""
     parts = [str(p) for p in loc if p not in ("body", "query", "path", "header")]
+    if not parts and tuple(loc) == ("body",):
+        return "body"
     return ".".join(parts) or None
 
 
@@ -60,7 +64,9 @@ def install_error_handlers(app: FastAPI) -> None:
         first = exc.errors()[0]
         param = _param(tuple(first.get("loc", ())))
         if first.get("type") == "json_invalid":
-            return error_response(400, f"request body is not valid JSON: {first.get('msg')}", code="invalid_json")
+            return error_response(
+                400, f"request body is not valid JSON: {first.get('msg')}", param="body", code="invalid_json"
+            )
         message = f"{param}: {first.get('msg')}" if param else str(first.get("msg"))
         if len(exc.errors()) > 1:
             message += f" (and {len(exc.errors()) - 1} more problem(s))"

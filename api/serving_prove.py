@@ -101,9 +101,13 @@ class ServingProve:
         by its index (`3.formal_statement`); nothing is created here."""
         limit = self.settings.prove.max_batch
         if not items:
-            raise RequestError("the batch is empty: send a JSON list or JSONL of /v1/prove bodies", code="empty")
+            raise RequestError(
+                "the batch is empty: send a JSON list or JSONL of /v1/prove bodies", param="body", code="empty"
+            )
         if len(items) > limit:
-            raise RequestError(f"the batch holds {len(items)} items; at most {limit} are accepted", code="too_many")
+            raise RequestError(
+                f"the batch holds {len(items)} items; at most {limit} are accepted", param="body", code="too_many"
+            )
         specs = []
         for index, (item, where) in enumerate(items):
             try:

@@ -116,11 +116,16 @@ def test_unknown_lean_version_lists_the_available_ones(client) -> None:
 
 def test_body_that_is_not_json(client) -> None:
     response = client.post("/v1/prove", content=b"{not json", headers={"content-type": "application/json"})
-    _assert_error(response, 400, None)
+    _assert_error(response, 400, "body")
 
 
 def test_body_that_is_a_list(client) -> None:
-    _assert_error(client.post("/v1/prove", json=[STATEMENT]), 400, None)
+    _assert_error(client.post("/v1/prove", json=[STATEMENT]), 400, "body")
+
+
+@pytest.mark.parametrize("route", ["/v1/prove", "/v1/verify", "/v1/chat/completions", "/v1/prove/batch"])
+def test_a_missing_body_names_the_body(client, route: str) -> None:
+    _assert_error(client.post(route), 400, "body")
 
 
 @pytest.mark.parametrize("method", ["GET", "DELETE"])

@@ -73,13 +73,13 @@ def test_a_json_list_batch(service: ServiceHarness) -> None:
         ([{"formal_statement": STATEMENTS[0], "rounds": 0}], "0.rounds", "item 0"),
         ([{"formal_statement": STATEMENTS[0], "prompt_profile": "nope"}], "0.prompt_profile", "item 0"),
         ([{"formal_statement": STATEMENTS[0]}, "not an object"], "1", "item 1"),
-        ([], None, "empty"),
-        ([{"formal_statement": STATEMENTS[0]}] * 6, None, "at most 5"),
+        ([], "body", "empty"),
+        ([{"formal_statement": STATEMENTS[0]}] * 6, "body", "at most 5"),
     ],
     ids=["missing-field", "bad-statement", "rounds", "profile", "not-an-object", "empty", "too-many"],
 )
 def test_one_bad_item_refuses_the_whole_batch_naming_it(
-    service: ServiceHarness, body: list, param: str | None, words: str
+    service: ServiceHarness, body: list, param: str, words: str
 ) -> None:
     before = _jobs(service)
     with service.client() as http:
