@@ -94,6 +94,13 @@ class Attacker(FakeRepl):
         if "ATTACK_SLEEPER" in cmd and detach():  # a quiet leftover, waiting for the next tenant of the uid
             time.sleep(LIFETIME_S)
             os._exit(0)
+        if "ATTACK_SYSV_SHM" in cmd:  # System V shared memory: no file, no process, outlives its creator
+            import ctypes
+            libc = ctypes.CDLL(None, use_errno=True)
+            shmid = libc.shmget(0, 1 << 20, 0o1000 | 0o600)  # IPC_PRIVATE, 1 MiB, IPC_CREAT
+            reply.setdefault("messages", []).append(
+                {"severity": "warning", "pos": {"line": 1, "column": 0}, "endPos": None, "data": str(shmid)}
+            )
         if "ATTACK_OPEN_DIR " in cmd:  # a dir of ours that every uid may write in
             path = cmd.split("ATTACK_OPEN_DIR ", 1)[1].split()[0]
             os.mkdir(path)
@@ -421,3 +428,35 @@ def test_a_uid_of_a_killed_worker_is_leased_again_without_its_leftovers(tmp_path
         if process is not None:
             end_as_root(process, process.uid)
         kill_all_as_root(base)
+
+
+# -- System V IPC ---------------------------------------------------------------------------------------------------
+def _sysv_shm_of(uid: int | None) -> list[int]:
+    """Ids of the System V shared memory segments `uid` owns (in the worker's IPC namespace)."""
+    lines = Path("/proc/sysvipc/shm").read_text().splitlines()[1:]
+    header = Path("/proc/sysvipc/shm").read_text().splitlines()[0].split()
+    return [
+        int(f[header.index("shmid")]) for f in (line.split() for line in lines) if f[header.index("uid")] == str(uid)
+    ]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="sandbox hole: the sandbox shares the worker's IPC namespace: a System V shared memory segment a REPL "
+    "creates (shmget) belongs to no file and no process, so neither the reaper's kill nor its cleanup of "
+    "/tmp, /var/tmp, /dev/shm ends it; one check can pin RAM until reboot (reported to sandbox)",
+)
+def test_shared_memory_a_repl_created_does_not_outlive_it() -> None:
+    process = ReplProcess(attacker_cmd(), cwd=None, sandbox=SHIPPED, max_output_bytes=1 << 24)
+    uid = process.uid
+    try:
+        reply = process.request("import Mathlib\n-- ATTACK_SYSV_SHM", None, deadline=_deadline())
+        shmid = int(_notes(reply)[0])
+        assert shmid >= 0  # (the sandbox allows the segment itself)
+        process.kill()
+        left = _sysv_shm_of(uid)
+        assert left == [], f"System V shared memory {left} of sandbox uid {uid} outlived its REPL"
+    finally:
+        end_as_root(process, uid)
+        for shmid in _sysv_shm_of(uid):
+            subprocess.run(["ipcrm", "-m", str(shmid)], check=False)
