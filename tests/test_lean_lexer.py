@@ -1,5 +1,6 @@
-"""`leantext.lex`: reads comments, strings, char literals and `«»` names as Lean 4's lexer does (and reports where it
-cannot be sure), since every check of the text policy runs on its blanked output."""
+"""`leantext.lex` and `blank_comments_and_strings`: comments, strings, char literals and `«»` names read as Lean
+4's lexer reads them (and the places it cannot be sure of), since every check of the text policy runs on its
+blanked output."""
 
 from __future__ import annotations
 
@@ -9,56 +10,6 @@ from hypothesis import strategies as st
 
 from services.leantext import blank_comments_and_strings, lex
 from tests.cpu_time import cpu_seconds
-
-
-@pytest.mark.parametrize(
-    ("text", "expected"),
-    [
-        # Lean's `whitespace` skips the character after `/-` unread: `/-/` opens no nested comment
-        pytest.param("/-/- -/\nlocal x\n--/\n", "       \nlocal x\n   \n", id="slash-dash-slash-does-not-nest"),
-        pytest.param("/-/-/ -/ a", "      -/ a", id="slash-dash-slash-dash-slash"),
-        # `/--` and `/-!` are doc comments whose bodies start after the third character
-        pytest.param('/--/ " -/ x --"', "          x    ", id="doc-comment-starting-with-slash"),
-        pytest.param("/-!/ -/ y", " " * 8 + "y", id="module-doc-starting-with-slash"),
-        pytest.param("/--- -/ z", " " * 8 + "z", id="doc-comment-with-dash"),
-        pytest.param("/- a /- b -/ c -/ d", "                  d", id="nested"),
-        pytest.param("/- a -/- b", "       - b", id="close-then-dash"),
-        pytest.param("a --/- x\nb", "a       \nb", id="line-comment-hides-block-start"),
-        pytest.param("«a -- b» c", "«a -- b» c", id="guillemet-holds-no-comment"),
-        pytest.param('"-- x" y', '"    " y', id="string-holds-no-comment"),
-        pytest.param('s!"a {x} b" c', 's!"  {x}  " c', id="interpolation-stays-code"),
-        pytest.param(
-            's!"{(by run_tac t; exact 0 : Nat)}"', 's!"{(by run_tac t; exact 0 : Nat)}"', id="run-tac-in-interp"
-        ),
-        pytest.param('\'"\' x "y"', "' ' x \" \"", id="char-literal-quote"),
-        pytest.param('h\'"s" t', 'h\'" " t', id="prime-then-string"),
-        pytest.param('2r"\\" v "', '2r" " v "', id="raw-string-after-number"),
-        pytest.param('xr"\\" v "', 'xr"     "', id="r-inside-identifier"),
-        pytest.param("f ⁻¹' s", "f ⁻¹' s", id="preimage-token"),
-        pytest.param("f '' s", "f '' s", id="image-token"),
-    ],
-)
-def test_lexing_matches_lean(text: str, expected: str) -> None:
-    lexed = lex(text)
-    assert lexed.blanked == expected
-    assert len(lexed.blanked) == len(text)
-    assert blank_comments_and_strings(text) == expected
-
-
-@pytest.mark.parametrize(
-    ("text", "why"),
-    [
-        pytest.param('s!"{ "a" ++ (by run_tac t; exact "b") }"', "interpolated", id="ambiguous-interpolation"),
-        pytest.param('"{" ++ (by run_tac t) "}"', "interpolated", id="plain-string-with-brace"),
-        pytest.param('s!"{f "x" /- } -/}" z', "interpolated", id="nested-string-in-interpolation"),
-        pytest.param("∑'\"' x \"", "character literal", id="char-after-symbol"),
-        pytest.param('⁻¹\'a\'r"\\" x "', "character literal", id="char-then-raw-string"),
-        pytest.param("def «a\nb» : Nat := 0", "spanning lines", id="guillemet-newline"),
-        pytest.param("def «a : Nat := 0", "unterminated", id="guillemet-unterminated"),
-    ],
-)
-def test_ambiguous_places_are_reported(text: str, why: str) -> None:
-    assert any(why in problem.why for problem in lex(text).problems)
 
 
 def test_ordinary_code_has_no_problems() -> None:
@@ -75,6 +26,32 @@ def test_ordinary_code_has_no_problems() -> None:
 @pytest.mark.parametrize(
     ("text", "expected"),
     [
+        # Lean's `whitespace` skips the character after `/-` unread: `/-/` opens no nested comment
+        pytest.param("/-/- -/\nlocal x\n--/\n", "       \nlocal x\n   \n", id="slash-dash-slash-does-not-nest"),
+        pytest.param("/-/-/ -/ a", "      -/ a", id="slash-dash-slash-dash-slash"),
+        # `/--` and `/-!` are doc comments whose bodies start after the third character
+        pytest.param('/--/ " -/ x --"', "          x    ", id="doc-comment-starting-with-slash"),
+        pytest.param("/-!/ -/ y", " " * 8 + "y", id="module-doc-starting-with-slash"),
+        pytest.param("/--- -/ z", " " * 8 + "z", id="doc-comment-with-dash"),
+        pytest.param("/- a -/- b", "       - b", id="close-then-dash"),
+        pytest.param("a --/- x\nb", "a       \nb", id="line-comment-hides-block-start"),
+        pytest.param("«a -- b» c", "«a -- b» c", id="guillemet-holds-no-comment"),
+        pytest.param('"-- x" y', '"    " y', id="string-holds-no-comment"),
+        pytest.param('s!"a {x} b" c', 's!"  {x}  " c', id="interpolation-stays-code"),
+        pytest.param(
+            's!"{(by run_tac t; exact 0 : Nat)}"', 's!"{(by run_tac t; exact 0 : Nat)}"', id="run-tac-in-interp"
+        ),
+        pytest.param('\'"\' x "y"', "' ' x \" \"", id="char-literal-quote"),
+        pytest.param('h\'"s" t', 'h\'" " t', id="prime-then-string"),
+        pytest.param('2r"\\" v', '2r" " v', id="raw-string-after-number"),
+        pytest.param('xr"\\" v "', 'xr"     "', id="r-inside-identifier"),
+        pytest.param("f ⁻¹' s", "f ⁻¹' s", id="preimage-token"),
+        pytest.param("f '' s", "f '' s", id="image-token"),
+        pytest.param("a -- sorry\nb", "a         \nb", id="line-comment"),
+        pytest.param('f "so\\"rry" g', 'f "       " g', id="string-with-escape"),
+        pytest.param("h' x'' := 'c'", "h' x'' := ' '", id="primes-are-not-chars"),
+        pytest.param('r#"sorry"# x', 'r#"     "# x', id="raw-string"),
+        pytest.param("/-- doc\nline -/ t", "       \n        t", id="doc-comment-keeps-newlines"),
         # charLitFnAux reads any one character, a raw newline included, then wants `'`
         pytest.param("x '\n' y", "x '\n' y", id="char-raw-newline"),
         pytest.param("x '\t' y", "x ' ' y", id="char-raw-tab"),
@@ -83,7 +60,6 @@ def test_ordinary_code_has_no_problems() -> None:
         ),
         pytest.param("(2'a')", "(2' ')", id="char-after-number"),
         pytest.param("«x»'a'", "«x»' '", id="char-after-guillemet-name"),
-        pytest.param("h'' := 'c'", "h'' := ' '", id="primes-then-char"),
         # strLitFnAux / quotedStringFn: escapes and string gaps
         pytest.param('"a\\"b" c', '"    " c', id="string-escaped-quote"),
         pytest.param('"a\\\n   b" c', '"  \n    " c', id="string-gap"),
@@ -110,11 +86,21 @@ def test_each_construct_is_read_as_lean_reads_it(text: str, expected: str) -> No
     lexed = lex(text)
     assert lexed.blanked == expected
     assert lexed.problems == ()
+    assert blank_comments_and_strings(text) == expected
 
 
 @pytest.mark.parametrize(
     ("text", "why"),
     [
+        # places where the reading may differ from Lean's
+        pytest.param('s!"{ "a" ++ (by run_tac t; exact "b") }"', "interpolated", id="ambiguous-interpolation"),
+        pytest.param('"{" ++ (by run_tac t) "}"', "interpolated", id="plain-string-with-brace"),
+        pytest.param('s!"{f "x" /- } -/}" z', "interpolated", id="nested-string-in-interpolation"),
+        pytest.param("∑'\"' x \"", "character literal", id="char-after-symbol"),
+        pytest.param('⁻¹\'a\'r"\\" x "', "character literal", id="char-then-raw-string"),
+        pytest.param("def «a\nb» : Nat := 0", "spanning lines", id="guillemet-newline"),
+        pytest.param("def «a : Nat := 0", "unterminated", id="guillemet-unterminated"),
+        # lexical errors
         pytest.param("x 'ab' y", "without its closing", id="char-two-characters"),
         pytest.param("x '\\q' y", "invalid escape", id="char-bad-escape"),
         pytest.param("x '\\\n' y", "invalid escape", id="char-no-string-gap"),
@@ -130,8 +116,9 @@ def test_each_construct_is_read_as_lean_reads_it(text: str, expected: str) -> No
         pytest.param("'", "at the end", id="lone-quote"),
     ],
 )
-def test_lexical_errors_are_problems(text: str, why: str) -> None:
-    """Lean stops at a lexical error and its recovery resumes at a position of its choosing: refused."""
+def test_ambiguous_places_and_lexical_errors_are_problems(text: str, why: str) -> None:
+    """Code this lexer may read otherwise than Lean, or where Lean stops at a lexical error and its recovery resumes
+    at a position of its choosing: refused."""
     assert any(why in problem.why for problem in lex(text).problems), lex(text).problems
 
 
