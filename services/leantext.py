@@ -6,9 +6,12 @@ newlines stay), so a check that runs on the blanked text reports positions that 
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import re
+from collections.abc import Iterator
 from dataclasses import dataclass
+from typing import NamedTuple
 
 from services.errors import InvalidStatement
 
@@ -106,13 +109,14 @@ _SYMBOL_QUOTE = (
     f"(?:(?!(?:[^\\\\']|{_ESCAPE})')(?!r#*+\")|(?=[^\\s0-9\"'`«»{{}}\\-/\\\\(),;\\[\\]⟨⟩]'(?![{ID_REST}])))"
 )
 # What `code` skips in C before a token: identifier runs (inside one, `'`, `r` and digits start nothing), an `r`
-# that opens no raw string, numbers read without error, name literals of plain parts, and any other character
-# that starts nothing (braces too, outside `{…}`).
+# that opens no raw string, numbers read without error, name literals of plain parts, empty strings, and any other
+# character that starts nothing (braces too, outside `{…}`).
 _ID_FIRST_BUT_R = ID_FIRST.replace("A-Za-z_", "A-Za-qs-z_")
 _SKIP = (
     f"(?:(?<=[{ID_REST}])[{ID_REST}]++|[{_ID_FIRST_BUT_R}!?{_SUBSCRIPT_ALNUM}][{ID_REST}]*+"
     f'|r(?!#*+")[{ID_REST}]*+|-(?!-)|/(?!-)|`(?![«\'{ID_FIRST}])|[^{ID_REST}\\-/"`«{{}}]++|{{BRACES}}'
-    f"|{_SYMBOL_QUOTE}|{_NOT_ID}{_CLEAN_NUMBER}|`{_PLAIN_IDENT.pattern.replace('*', '*+')}(?!\\.«))*+"
+    f'|""(?!\'|r#*+")|{_SYMBOL_QUOTE}|{_NOT_ID}{_CLEAN_NUMBER}'
+    f"|`{_PLAIN_IDENT.pattern.replace('*', '*+')}(?!\\.«))*+"
 )
 # `(?P<other>…)` takes one character the skip left and no token wants (none that we know of): never a dead end.
 _CODE_TOKENS = re.compile(_SKIP.replace("{BRACES}", "[{}]") + rf"(?:{_TOKENS}|(?P<other>[\s\S]))")
@@ -202,7 +206,7 @@ class _Lexer:
             match = tokens(text, i)
             if match is None:
                 return n
-            kind = match.lastgroup
+            kind = match.lastgroup or "other"  # every alternative is a named group: never None
             j, i = match.start(kind), match.end()
             if kind == "line":
                 if j and text[j - 1] == "<":
@@ -455,8 +459,85 @@ def blank_comments_and_strings(text: str, *, strings: bool = True) -> str:
     return lex(text, strings=strings).blanked
 
 
-_DECL = re.compile(r"(?m)^[ \t]*(?:@\[[^\]]*\][ \t]*)?(?:private[ \t]+|protected[ \t]+)?(theorem|lemma)\b")
-_NAME = re.compile(r"\s*(«[^»]+»|[^\s(){}\[\]:,⦃⦄]+)")
+# -- declarations ------------------------------------------------------------------------------------------------
+# An identifier as Lean's `identFn` reads it: parts `«…»` (one line, bounded: see `MAX_GUILLEMET_NAME`) or
+# idFirst idRest*, joined by `.`.
+_ID_PART = f"«[^»«\\n]{{0,{MAX_GUILLEMET_NAME}}}»|[{ID_FIRST}][{ID_REST}]*+"
+IDENTIFIER = re.compile(f"(?:{_ID_PART})(?:\\.(?:{_ID_PART}))*+")
+THEOREM_KEYWORDS = ("theorem", "lemma")
+DECLARATION_KEYWORDS = (
+    *THEOREM_KEYWORDS,
+    "def",
+    "abbrev",
+    "example",
+    "instance",
+    "structure",
+    "inductive",
+    "class",
+    "opaque",
+    "axiom",
+)
+_MODIFIERS = ("private", "protected", "noncomputable", "nonrec")
+_NOT_A_NAME = frozenset({"by", "fun", "where"})  # keywords `IDENTIFIER` would take for a name
+_MAX_PREFIX = 2000  # characters of attributes and modifiers looked at before a keyword
+# The attributes and modifiers just before a keyword on its line, read backwards (on the reversed line), so each
+# keyword costs at most `_MAX_PREFIX` characters however the text is laid out.
+_PREFIX_REVERSED = re.compile(
+    r"(?:[ \t]*+\][^\[\]\n]*+\[@|[ \t]++(?:" + "|".join(word[::-1] for word in _MODIFIERS) + f")(?![{ID_REST}]))*+"
+)
+
+
+class Declaration(NamedTuple):
+    """A declaration keyword of lexed text (`lex(…).blanked`) and what Lean reads around it."""
+
+    keyword: str
+    start: int  # where the declaration starts: its attribute lists and modifiers on the keyword's line, if any
+    keyword_start: int
+    name: str | None  # the identifier after the keyword as written (`«»` kept); None when there is none
+    name_start: int
+    name_end: int  # == name_start when there is no name
+
+
+@functools.cache
+def _keyword_pattern(keywords: tuple[str, ...]) -> re.Pattern[str]:
+    # A keyword is a whole identifier: not a part of a dotted name (`Nat.def`, `theorem.foo`), as `identFn` reads.
+    # The boundaries on the left are lookbehinds after the literal, so the regex engine can scan for the literal.
+    alternatives = "|".join(f"{w}(?<![{ID_REST}]{w})(?<![{ID_REST}»]\\.{w})" for w in keywords)
+    return re.compile(
+        f"(?P<keyword>{alternatives})(?![{ID_REST}])(?!\\.[«{ID_FIRST}])(?:\\s++(?P<name>{IDENTIFIER.pattern}))?"
+    )
+
+
+def declarations(blanked: str, keywords: tuple[str, ...] = THEOREM_KEYWORDS) -> Iterator[Declaration]:
+    """Every declaration keyword of `blanked` (comments and strings blanked: `lex`) among `keywords`, in order,
+    with its name and where the declaration starts. The one place a "theorem header" is recognised: the
+    statement parser, the checker's policy, extraction and the memory's keys all read declarations through it.
+
+    Where they differ, they say so where they call it: the checker wants its target at a line start (the imposed
+    statement is composed at one), the memory's keys read the first declaration of an already-parsed statement,
+    and extraction and the checker's helper rules look for every declaration keyword, not only theorems."""
+    for match in _keyword_pattern(keywords).finditer(blanked):
+        keyword_start = match.start("keyword")
+        opening = blanked.rfind("«", max(0, keyword_start - MAX_GUILLEMET_NAME - 1), keyword_start)
+        if opening != -1 and "»" not in blanked[opening:keyword_start]:
+            continue  # inside a `«…»` name, which the lexer keeps as written
+        start = keyword_start
+        if keyword_start and blanked[keyword_start - 1] in " \t]":
+            for window in (200, _MAX_PREFIX):  # a short look first: most prefixes are short
+                window_start = max(0, keyword_start - window)
+                line = blanked[blanked.rfind("\n", window_start, keyword_start) + 1 or window_start : keyword_start]
+                prefix = _PREFIX_REVERSED.match(line[::-1]).end()  # type: ignore[union-attr]  # it matches ""
+                start = keyword_start - prefix
+                if prefix < len(line) or window_start == 0:
+                    break
+        name = match.group("name")
+        if name is None or name in _NOT_A_NAME:
+            after_keyword = match.end("keyword")
+            yield Declaration(match.group("keyword"), start, keyword_start, None, after_keyword, after_keyword)
+        else:
+            yield Declaration(match.group("keyword"), start, keyword_start, name, match.start("name"), match.end())
+
+
 _PROOF_TAIL = re.compile(r":=\s*(?:by(?:\s+sorry)?)?\s*\Z")
 
 
@@ -483,26 +564,25 @@ def parse_statement(text: str, *, param: str = "formal_statement") -> Statement:
     if not isinstance(text, str) or not text.strip():
         raise InvalidStatement("formal_statement is empty", param=param)
     blanked = blank_comments_and_strings(text)
-    decls = list(_DECL.finditer(blanked))
+    decls = list(declarations(blanked))
     if not decls:
         raise InvalidStatement("formal_statement must be a Lean 4 `theorem` or `lemma` declaration", param=param)
     if len(decls) > 1:
         raise InvalidStatement(
             f"formal_statement must hold exactly one theorem or lemma; found {len(decls)} "
-            f"(lines {_line_numbers(text, [d.start() for d in decls])})",
+            f"(lines {_line_numbers(text, [d.start for d in decls])})",
             param=param,
         )
     decl = decls[0]
-    if blanked[: decl.start()].strip():
+    if blanked[: decl.start].strip():
         raise InvalidStatement(
             "formal_statement may only have a comment before its `theorem`/`lemma`; put imports, `open` "
             "and options in `header`",
             param=param,
         )
-    name_match = _NAME.match(blanked, decl.end())
-    if not name_match or name_match.group(1) in {":=", "by"}:
+    if decl.name is None:
         raise InvalidStatement("the theorem has no name", param=param)
-    name = text[name_match.start(1) : name_match.end(1)]
+    name = text[decl.name_start : decl.name_end]
     tail = _PROOF_TAIL.search(blanked.rstrip())
     if not tail:
         raise InvalidStatement(
@@ -510,9 +590,9 @@ def parse_statement(text: str, *, param: str = "formal_statement") -> Statement:
             param=param,
         )
     head = text[: tail.start()].rstrip() + " :="
-    if ":" not in blanked[name_match.end() : tail.start()]:
+    if ":" not in blanked[decl.name_end : tail.start()]:
         raise InvalidStatement("the theorem has no type (no `:` before `:=`)", param=param)
-    return Statement(kind=decl.group(1), name=name, head=head, text=text)
+    return Statement(kind=decl.keyword, name=name, head=head, text=text)
 
 
 def _line_numbers(text: str, offsets: list[int], shown: int = 5) -> str:
@@ -533,14 +613,22 @@ def normalize_statement(text: str) -> str:
     return " ".join(body.split())
 
 
+def leading_declaration(normalized: str) -> Declaration | None:
+    """The named theorem/lemma that `normalize_statement`'s output starts with (its attributes and modifiers
+    first), if any. The memory's keys read statements this way: normalisation keeps string literals, but none can
+    come before the keyword of a statement that parses."""
+    first = next(declarations(normalized), None)
+    return first if first is not None and first.start == 0 and first.name else None
+
+
 def statement_hash(text: str) -> str:
     return hashlib.sha256(normalize_statement(text).encode()).hexdigest()
 
 
 def first_declaration_offset(text: str) -> int | None:
     """Offset of the line holding the first `theorem`/`lemma` of `text` (outside comments), if any."""
-    match = _DECL.search(blank_comments_and_strings(text))
-    return match.start() if match else None
+    first = next(declarations(blank_comments_and_strings(text)), None)
+    return None if first is None else text.rfind("\n", 0, first.start) + 1
 
 
 _HEADER_LINE = re.compile(r"^(import\s|set_option\s|open\s)")

@@ -1,4 +1,4 @@
-"""Lean source text without Lean: comment/string blanking, requested statements, headers."""
+"""Lean source text without Lean: declarations, requested statements, headers (the lexer: test_lean_lexer.py)."""
 
 from __future__ import annotations
 
@@ -9,31 +9,15 @@ import pytest
 from api.cli import split_lean_file
 from services.errors import InvalidStatement
 from services.leantext import (
+    DECLARATION_KEYWORDS,
     blank_comments_and_strings,
+    declarations,
     normalize_statement,
     parse_statement,
     statement_hash,
     strip_header_lines,
 )
 from tests.shared_data import shared_path
-
-
-@pytest.mark.parametrize(
-    ("text", "expected"),
-    [
-        pytest.param("a -- sorry\nb", "a         \nb", id="line-comment"),
-        pytest.param("a /- x /- nested -/ y -/ b", "a                        b", id="nested-block"),
-        pytest.param('f "so\\"rry" g', 'f "       " g', id="string-with-escape"),
-        pytest.param("h' x'' := 'c'", "h' x'' := ' '", id="primes-are-not-chars"),
-        pytest.param("«a -- b» c", "«a -- b» c", id="guillemet-name"),
-        pytest.param('r#"sorry"# x', 'r#"     "# x', id="raw-string"),
-        pytest.param("/-- doc\nline -/ t", "       \n        t", id="doc-comment-keeps-newlines"),
-    ],
-)
-def test_blanking_keeps_offsets(text: str, expected: str) -> None:
-    blanked = blank_comments_and_strings(text)
-    assert blanked == expected
-    assert len(blanked) == len(text)
 
 
 def test_every_minif2f_statement_parses_with_its_name() -> None:
@@ -82,3 +66,38 @@ def test_split_lean_file_separates_the_header() -> None:
     assert header == "import Mathlib\nopen Real"
     assert statement == "/-- doc -/\ntheorem t : 1 = 1 := by sorry\n"
     assert split_lean_file("theorem t : 1 = 1 := by sorry") == (None, "theorem t : 1 = 1 := by sorry")
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        pytest.param("theorem t : x", [("theorem", 0, "t")], id="plain"),
+        pytest.param("@[simp] private lemma a.«b c» : x", [("lemma", 0, "a.«b c»")], id="attribute-modifier-guillemet"),
+        pytest.param(
+            "@[simp]\ntheorem t : x", [("theorem", 8, "t")], id="attribute-on-the-line-above-is-not-its-start"
+        ),
+        pytest.param("theorem a : x := rfl theorem b : y", [("theorem", 0, "a"), ("theorem", 21, "b")], id="same-line"),
+        pytest.param("theorem\n  t : x", [("theorem", 0, "t")], id="name-on-the-next-line"),
+        pytest.param("theorem : x", [("theorem", 0, None)], id="no-name"),
+        pytest.param("theorem by", [("theorem", 0, None)], id="keyword-is-no-name"),
+        pytest.param("Nat.theorem x theorem.y z theorem_z w «theorem» v", [], id="names-are-no-keywords"),
+        pytest.param("def «a theorem b» : x", [], id="inside-a-guillemet-name"),
+    ],
+)
+def test_declarations_are_read_as_lean_reads_them(text: str, expected: list[tuple[str, int, str | None]]) -> None:
+    found = [(d.keyword, d.start, d.name) for d in declarations(blank_comments_and_strings(text))]
+    assert found == expected
+
+
+def test_declarations_of_any_kind_and_never_in_comments_or_strings() -> None:
+    text = 'def f := "theorem x" -- lemma y\n/- theorem z -/ instance i : C := ⟨⟩\nexample : True := trivial'
+    found = [(d.keyword, d.name) for d in declarations(blank_comments_and_strings(text), DECLARATION_KEYWORDS)]
+    assert found == [("def", "f"), ("instance", "i"), ("example", None)]
+    assert list(declarations(blank_comments_and_strings(text))) == []
+
+
+def test_a_second_declaration_on_the_same_line_is_refused_naming_the_lines() -> None:
+    with pytest.raises(InvalidStatement, match=r"found 2 \(lines 1, 1\)"):
+        parse_statement("theorem a : 1 = 1 := rfl theorem b : 2 = 2 := by sorry")
+    with pytest.raises(InvalidStatement, match=r"found 7 \(lines 1, 2, 3, 4, 5, …\)"):
+        parse_statement("theorem a : 1 = 1 := by\n" * 7)

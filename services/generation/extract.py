@@ -27,20 +27,13 @@ import re
 from dataclasses import dataclass
 
 from services.errors import InvalidStatement
-from services.leantext import blank_comments_and_strings, parse_statement
+from services.leantext import DECLARATION_KEYWORDS, blank_comments_and_strings, declarations, parse_statement
 
 logger = logging.getLogger(__name__)
 
 _LEAN_TAGS = frozenset({"lean", "lean4", "lean3"})
 _OPEN_FENCE = re.compile(r"^(?P<indent>[ \t]*)(?P<fence>`{3,})[ \t]*(?P<lang>[^\s`]*)[^`]*$")
 _INLINE_OPEN = re.compile(r"(?P<fence>`{3,})(?P<lang>lean4?|Lean4?)[ \t]*$")
-_DECL = re.compile(
-    r"(?m)^[ \t]*(?:@\[[^\]]*\][ \t]*)?(?:(?:private|protected|noncomputable|nonrec)[ \t]+)*"
-    r"(?P<kind>theorem|lemma|def|abbrev|example|instance|structure|inductive|class)\b"
-)
-_THEOREM = re.compile(
-    r"(?m)^[ \t]*(?:@\[[^\]]*\][ \t]*)?(?:(?:private|protected)[ \t]+)*(?:theorem|lemma)[ \t]+(?P<name>\S+)"
-)
 _IMPORT = re.compile(r"(?m)^[ \t]*import[ \t]+\S")
 _LEANISH = re.compile(r"\b(theorem|lemma|example|import|by)\b|:=")
 _THINK_OPEN = "<think>"
@@ -131,13 +124,13 @@ def _choose(blocks: list[_Block], theorem_name: str | None) -> _Block | None:
     complete = [b for b in blocks if b.closed and b.is_lean and b.code.strip()]
     if not complete:
         return None
+    theorems = {id(block): list(declarations(blank_comments_and_strings(block.code))) for block in complete}
     if theorem_name:
         for block in reversed(complete):
-            names = {m["name"] for m in _THEOREM.finditer(blank_comments_and_strings(block.code))}
-            if theorem_name in names:
+            if any(d.name == theorem_name for d in theorems[id(block)]):
                 return block
     for block in reversed(complete):
-        if _THEOREM.search(blank_comments_and_strings(block.code)):
+        if theorems[id(block)]:
             return block
     return complete[-1]
 
@@ -146,7 +139,7 @@ def _classify(code: str) -> str:
     blanked = blank_comments_and_strings(code)
     if _IMPORT.search(blanked):
         return "file"
-    if _DECL.search(blanked):
+    if next(declarations(blanked, DECLARATION_KEYWORDS), None):  # any kind: a file of helpers is not a body
         return "declarations"
     return "body"
 

@@ -25,10 +25,14 @@ from itertools import islice
 
 from services.lean.protocol import LeanMessage, Pos
 from services.leantext import (
+    DECLARATION_KEYWORDS,
     ID_FIRST,
     ID_REST,
+    IDENTIFIER,
     MAX_GUILLEMET_NAME,
+    Declaration,
     blank_comments_and_strings,
+    declarations,
     is_id_first,
     is_id_rest,
     lex,
@@ -211,8 +215,7 @@ _BODY_PATTERNS: tuple[tuple[re.Pattern[str], str], ...] = (
 
 _FORBIDDEN = tuple((re.compile(pattern), why) for pattern, why in FORBIDDEN)
 # An identifier as Lean's `identFn` reads it (parts `«…»` or idFirst idRest*, joined by `.`), and its parts.
-_ID_PART = f"«[^»«\\n]{{0,{MAX_GUILLEMET_NAME}}}»|[{ID_FIRST}][{ID_REST}]*"
-_IDENTIFIER = re.compile(f"(?:{_ID_PART})(?:\\.(?:{_ID_PART}))*")
+_IDENTIFIER = IDENTIFIER
 _IDENTIFIER_PARTS = re.compile(f"«([^»]*)»|([{ID_FIRST}][{ID_REST}]*)")
 _LINE = re.compile(r"(?m)^.*$")
 # A line holding one of these is never dropped: it could open or close a comment, string or name (a string's
@@ -226,13 +229,6 @@ _HASH_COMMAND = re.compile(r"#([^\W\d][\w!?']*)")
 _SET_OPTION = re.compile(_kw("set_option") + r"(?:\s+([^\s]+))?")
 _OPEN_BEFORE = re.compile(_kw("open") + r"\s*\Z")
 _END_LINE_REST = re.compile(r"[ \t]*(?:[\w.«»'!?]+[ \t]*)?(?:\n|\Z)")
-_DECL_KEYWORDS = "theorem|lemma|def|abbrev|instance|structure|class|inductive|opaque|axiom"
-_HELPER_NAME = re.compile(_kw(_DECL_KEYWORDS) + r"\s+([^\s(){}\[\]:,⦃⦄]+)")
-_TARGET_DECL = (
-    r"(?m)^[ \t]*(?:@\[[^\]\n]*\][ \t]*)*(?:(?:private|protected|noncomputable|nonrec)[ \t]+)*"
-    r"(?:theorem|lemma)\s+{name}(?=[\s(\[{{:⦃])"
-)
-_NAMED_THEOREM = re.compile(_kw("theorem|lemma") + r"\s+([^\s(){}\[\]:,⦃⦄]+)")
 _IDENT = re.compile(r"[A-Za-z_][A-Za-z0-9_'.!?]*")
 # Lines right above the target that belong to its command: they scope or decorate the next declaration.
 _TARGET_PREFIX_LINE = re.compile(
@@ -443,10 +439,16 @@ def _clip(text: str, limit: int = 120) -> str:
     return text if len(text) <= limit else text[:limit] + " …"
 
 
-def _blank_range(chars: list[str], start: int, end: int) -> None:
-    for k in range(start, end):
-        if chars[k] != "\n":
-            chars[k] = " "
+def _blank_lines(text: str, spans: list[tuple[int, int]]) -> str:
+    """`text` with the disjoint, ordered `spans` (each within one line) replaced by spaces."""
+    if not spans:
+        return text
+    pieces, done = [], 0
+    for start, end in spans:
+        pieces += (text[done:start], " " * (end - start))
+        done = end
+    pieces.append(text[done:])
+    return "".join(pieces)
 
 
 def _find_assign(blanked: str, start: int) -> int | None:
@@ -613,8 +615,7 @@ def apply_text_policy(code: str, header: str, *, raw_scan: bool = True) -> tuple
     Lean does (`leantext.lex`)."""
     lexed = lex(code)
     blanked = lexed.blanked
-    kept = list(code)
-    scan = list(blanked)
+    dropped: list[tuple[int, int]] = []  # whole lines of plain code, blanked at the end (no copy when none)
     imports, _ = header_parts(header)
     header_blanked = blank_comments_and_strings(header, strings=False)
     header_lines = {line.strip() for line in header_blanked.split("\n") if line.strip()}
@@ -629,8 +630,7 @@ def apply_text_policy(code: str, header: str, *, raw_scan: bool = True) -> tuple
         # below judge it (`#check … /-` is then a forbidden `#` command).
         if code[start:end] != blanked[start:end] or _DELIMITER.search(code, start, end):
             return
-        _blank_range(kept, start, end)
-        _blank_range(scan, start, end)
+        dropped.append((start, end))
 
     for match in _HEADERISH_LINE.finditer(blanked):
         line = match.group(0).strip()
@@ -646,9 +646,10 @@ def apply_text_policy(code: str, header: str, *, raw_scan: bool = True) -> tuple
             )
         elif repeats_header or imported or (re.match(r"open\s", line) and _covered_open(line, opened)):
             drop(match.start(), match.end())
-    for match in _DROPPED_COMMAND.finditer("".join(scan)):
+    for match in _DROPPED_COMMAND.finditer(_blank_lines(blanked, dropped)):
         drop(match.start(), match.end())
-    text = "".join(scan)
+    dropped.sort()
+    text = _blank_lines(blanked, dropped)
     reported_imports = {v.start for v in violations}
     violations += _first(
         Violation("`import` outside the request header", match.start(), _line_end(text, match.start()))
@@ -675,7 +676,7 @@ def apply_text_policy(code: str, header: str, *, raw_scan: bool = True) -> tuple
             if text[start:end] in refused
         )
     violations += _attribute_violations(text)
-    return "".join(kept), text, violations
+    return _blank_lines(code, dropped), text, violations
 
 
 def _first(violations: Iterable[Violation]) -> list[Violation]:
@@ -755,11 +756,15 @@ def _before_target_violations(
                     match.end(),
                 )
             )
-    for match in _HELPER_NAME.finditer(before):
-        helper = match.group(1)
-        if helper in statement_idents or helper.rsplit(".", 1)[-1] in statement_idents:
+    for declaration in declarations(before, DECLARATION_KEYWORDS):  # a helper of any kind
+        helper = declaration.name
+        if helper and (helper in statement_idents or helper.rsplit(".", 1)[-1] in statement_idents):
             found.append(
-                Violation(f"helper `{helper}` shadows a name used in the statement", match.start(1), match.end(1))
+                Violation(
+                    f"helper `{helper}` shadows a name used in the statement",
+                    declaration.name_start,
+                    declaration.name_end,
+                )
             )
     return found
 
@@ -795,7 +800,8 @@ def compose(code: str, *, header: str, formal_statement: str | None) -> Composed
         return Composed(code, None, [], PositionMap([Segment(1, code.count("\n") + 1, 1)]), [too_long])
     kept, blanked, violations = apply_text_policy(code, header)
     violations = header_violations(header) + violations
-    theorems = [m.group(1) for m in _NAMED_THEOREM.finditer(blanked)]
+    declared = list(declarations(blanked))
+    theorems = [d.name for d in declared if d.name]
     whole = PositionMap([Segment(1, kept.count("\n") + 1, 1)])
 
     if formal_statement is None:
@@ -806,14 +812,14 @@ def compose(code: str, *, header: str, formal_statement: str | None) -> Composed
 
     statement = parse_statement(formal_statement)
     name = statement.name
-    decl = re.search(_TARGET_DECL.format(name=re.escape(name)), blanked)
+    decl = _target_declaration(blanked, declared, name)
     if decl is None:
         violations.append(Violation(f"the code has no `theorem {name}` (the requested theorem, with its name)", 0, 0))
         return Composed(_clean(kept), name, theorems, whole, _capped(_sorted(violations)))
     # Any other mention of the target's name (a second declaration of it under any keyword, layout, namespace,
     # `_root_.`, `«…»`, a doc comment swallowing it, a self-reference) is rejected.
     mention = re.compile(_L + re.escape(_name_parts(name)[-1]) + _R)
-    name_at = decl.end() - len(name)
+    name_at = decl.name_start
     identifiers = _identifiers(blanked)
     mentions: dict[int, bool] = {}  # judged once per distinct name
     for start, end, parts in identifiers:
@@ -823,21 +829,21 @@ def compose(code: str, *, header: str, formal_statement: str | None) -> Composed
             violations.append(Violation(f"`{name}` is declared or named more than once", start, end))
             if len(violations) > 4 * _KEEP:
                 break
-    before = blanked[: decl.start()]
+    before = blanked[: decl.start]
     statement_idents = set(_IDENT.findall(blank_comments_and_strings(statement.head)))
     statement_idents |= {part for ident in list(statement_idents) for part in ident.split(".")}
     violations += _before_target_violations(before, identifiers, statement_idents)
-    assign = _find_assign(blanked, decl.end())
+    assign = _find_assign(blanked, decl.name_end)
     if assign is None:
         violations.append(
-            Violation(f"cannot find the `:=` that starts the proof of `{name}`", decl.start(), decl.end())
+            Violation(f"cannot find the `:=` that starts the proof of `{name}`", decl.start, decl.name_end)
         )
         return Composed(_clean(kept), name, theorems, whole, _capped(_sorted(violations)))
     violations += _body_violations(blanked, assign, identifiers)
 
     split = _split_prefix(before)
     helpers_command = _clean(kept[:split])
-    helpers = helpers_command + _clean(kept[split : decl.start()])
+    helpers = helpers_command + _clean(kept[split : decl.start])
     body = _clean(kept[assign:])
     head = statement.head
     h_lines = helpers.count("\n")  # helpers end at a line start: the head starts on line h_lines + 1
@@ -870,6 +876,18 @@ def compose(code: str, *, header: str, formal_statement: str | None) -> Composed
         helpers_command=helpers_command if blanked[:split].strip() else "",
         target_command=target_command if blanked[:split].strip() else helpers + head + body,
     )
+
+
+def _target_declaration(blanked: str, declared: list[Declaration], name: str) -> Declaration | None:
+    """The theorem named `name` whose declaration begins its line (only indentation before its attributes and
+    modifiers), as `Declaration` whose `start` is that line's start: the imposed statement is composed at a line
+    start, and what precedes the line is the helpers' command."""
+    for declaration in declared:
+        if declaration.name == name:
+            line_start = blanked.rfind("\n", 0, declaration.start) + 1
+            if not blanked[line_start : declaration.start].strip(" \t"):
+                return declaration._replace(start=line_start)
+    return None
 
 
 def _name_parts(name: str) -> list[str]:

@@ -16,7 +16,6 @@ from __future__ import annotations
 __all__ = ["SCREEN_REASON", "VerifiedProof", "body_hash", "point_id", "proof_hash", "statement_hash"]
 
 import hashlib
-import re
 import time
 import uuid
 from collections.abc import Mapping
@@ -24,7 +23,7 @@ from dataclasses import dataclass, field
 from functools import cached_property
 from typing import Any
 
-from services.leantext import normalize_statement, statement_hash
+from services.leantext import leading_declaration, normalize_statement, statement_hash
 from services.memory.tokenizer import normalized_statement_tokens
 
 SCHEMA_VERSION = 1
@@ -50,15 +49,16 @@ KEYWORD_FIELDS = (
 )
 FLOAT_FIELDS = ("created_at",)
 
-_DECL_NAME = re.compile(r"^((?:@\[[^\]]*\]\s*)?(?:(?:private|protected|nonrec)\s+)*)(theorem|lemma)\s+(«[^»]+»|\S+)")
-
 
 def _sha(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()
 
 
 def _body_key(normalized: str) -> str:
-    return _sha(_DECL_NAME.sub(lambda m: f"{m.group(1)}theorem _", normalized, count=1))
+    declaration = leading_declaration(normalized)
+    if declaration is None:
+        return _sha(normalized)
+    return _sha(f"{normalized[: declaration.keyword_start]}theorem _{normalized[declaration.name_end :]}")
 
 
 def body_hash(formal_statement: str) -> str:
@@ -77,8 +77,8 @@ def point_id(statement_key: str, proof_key: str) -> str:
 
 
 def _name_of(normalized: str) -> str | None:
-    match = _DECL_NAME.match(normalized)
-    return match.group(3) if match else None
+    declaration = leading_declaration(normalized)
+    return declaration.name if declaration else None
 
 
 def declaration_name(formal_statement: str) -> str | None:

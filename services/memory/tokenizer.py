@@ -27,7 +27,7 @@ import re
 from collections import Counter
 from functools import lru_cache
 
-from services.leantext import normalize_statement
+from services.leantext import leading_declaration, normalize_statement
 
 # BM25 constants. AVG_LEN is the mean token count of a statement in the shared data (≈34 for MiniF2F and
 # Lean Workbook statements); a fixed value keeps stored vectors valid as the corpus grows.
@@ -226,9 +226,6 @@ def tokenize(text: str) -> list[str]:
     return tokens
 
 
-_DECL_HEAD = re.compile(r"^\s*(?:@\[[^\]]*\]\s*)?(?:private\s+|protected\s+)?(?:theorem|lemma)\s+\S+")
-
-
 def statement_tokens(formal_statement: str) -> list[str]:
     """Tokens of a statement without comments, proof tail, keyword or declaration name."""
     return normalized_statement_tokens(normalize_statement(formal_statement))
@@ -236,7 +233,8 @@ def statement_tokens(formal_statement: str) -> list[str]:
 
 def normalized_statement_tokens(normalized: str) -> list[str]:
     """`statement_tokens` of text that already went through `leantext.normalize_statement`."""
-    text = _DECL_HEAD.sub(" ", normalized, count=1)
+    declaration = leading_declaration(normalized)
+    text = normalized if declaration is None else " " + normalized[declaration.name_end :]
     return [t for t in tokenize(text) if t not in _SKIP]
 
 
