@@ -443,7 +443,8 @@ def _blank_lines(text: str, spans: list[tuple[int, int]]) -> str:
     """`text` with the disjoint, ordered `spans` (each within one line) replaced by spaces."""
     if not spans:
         return text
-    pieces, done = [], 0
+    pieces: list[str] = []
+    done = 0
     for start, end in spans:
         pieces += (text[done:start], " " * (end - start))
         done = end
