@@ -564,7 +564,17 @@ def _print_event(event: dict[str, str]) -> bool:
     return (kind.startswith("job.") and kind not in ("job.created", "job.running")) or kind == "error"
 
 
+def _say_if_demo(result: dict[str, Any]) -> None:
+    """The demo's banner beside a result of a server running `oprover up --demo` (it says so in the result's
+    `demo` field), so that output copied from a terminal never shows a stand-in's verdict as Lean's."""
+    if result.get("demo") is True:
+        from api.demo import BANNER
+
+        print(f"{BANNER} (this server runs `oprover up --demo`)", file=sys.stderr)
+
+
 def _report(job: dict[str, Any]) -> int:
+    _say_if_demo(job)
     print(f"job {job['id']}: {job['status']} after {job['usage']['generations']} generation(s)", file=sys.stderr)
     if job["status"] == "proved":
         print(job["proof"])
@@ -589,6 +599,7 @@ def cmd_verify(args: argparse.Namespace) -> int:
     if response.status_code != 200:
         return _fail(response)
     result = response.json()
+    _say_if_demo(result)
     print(f"verdict: {result['verdict']}" + (f" ({result['time_ms']} ms)" if "time_ms" in result else ""))
     for message in result.get("messages", []):
         pos = message.get("pos") or {}

@@ -9,8 +9,11 @@ so retrieval has something to show, and grows with every proof the demo finds.
 
 Everything it produces says it is a demo: the model id starts with `standin-`, the Lean version ends in `-standin`
 (in `/v1/models`, in every job's `lean` field, in `/readyz`), `/readyz` carries `"demo": true` and the banner, and
-`up` prints the banner when it starts. A theorem outside the sample gets an answer the stand-in Lean rejects, so
-it ends "not found": the stand-in Lean accepts the sample's scripted proofs of the sample's statements, nothing else.
+`up` prints the banner when it starts. So does every result, for it is what gets copied and shown: each job object
+and verify result carries `"demo": true` (`demo_labelled`), `oprover prove` and `oprover verify` print the banner,
+and each message of the stand-in Lean says it is one ("demo stand-in Lean accepted the scripted proof (no Lean
+ran)", scripted errors likewise). A theorem outside the sample gets an answer the stand-in Lean rejects, so it ends
+"not found": the stand-in Lean accepts the sample's scripted proofs of the sample's statements, nothing else.
 
 Its state (Redis data, the memory, logs, the sample files to submit) lives in `data/demo/` under the directory `up`
 runs in, emptied at every demo start; its Redis runs on a port of its own. A real `oprover up` keeps its data in
@@ -36,6 +39,11 @@ logger = logging.getLogger("oprover")
 
 BANNER = "DEMO: stand-in model and stand-in Lean; no result is a real proof"
 DEMO_MODEL = "standin-oprover-demo"
+# The stand-in Lean's own words. A pass carries ACCEPTED as an info message (Lean reports infos on proofs it accepts
+# too, so the checker's verdict is unchanged); scripted errors start with SCRIPTED, so a failed attempt's feedback
+# never reads as Lean's own either.
+ACCEPTED = "demo stand-in Lean accepted the scripted proof (no Lean ran)"
+SCRIPTED = "demo stand-in Lean, a scripted error (no Lean ran): "
 # What the stand-in REPL reports as `Lean.versionString`, and the version the demo's verify worker announces: the
 # release of the default deployment with a build label saying what it is (a label is not a different Lean).
 DEMO_LEAN_VERSION = "4.15.0-standin"
@@ -140,9 +148,9 @@ def lean_table(problems: list[Problem]) -> dict[str, Any]:
                 body = r"\s*".join(part for part in parts if part)
             regex = rf"(?m)^{_flexible(_statement_with_by(problem))}\s+{body}\s*\Z"
             if verdict == "pass":
-                passes.append({"regex": regex, "outcome": "pass"})
+                passes.append({"regex": regex, "outcome": "pass", "messages": [{"severity": "info", "data": ACCEPTED}]})
             else:
-                failures.append({"regex": regex, "outcome": "error", "message": verdict["error"]})
+                failures.append({"regex": regex, "outcome": "error", "message": SCRIPTED + verdict["error"]})
     rejected = (
         "demo stand-in Lean: this is not one of the demo sample's scripted proofs, and the stand-in accepts nothing "
         "else (it runs no Lean)"
@@ -156,6 +164,15 @@ def lean_table(problems: list[Problem]) -> dict[str, Any]:
         "import_s": REPL_START_S,
         "check_s": CHECK_S,
     }
+
+
+def demo_labelled(result: dict[str, Any], demo: bool) -> dict[str, Any]:
+    """A job object or verify result as the gateway answers it: under `oprover up --demo` (ApiSettings.demo) it
+    carries `"demo": true`, so a result copied out of the demo still says no Lean checked it; else it is unchanged
+    (the field is absent off-demo)."""
+    if demo:
+        result["demo"] = True
+    return result
 
 
 def _lock(handle: Any) -> bool:

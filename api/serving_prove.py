@@ -18,6 +18,7 @@ from typing import Any
 import pydantic
 
 from api import admission, idempotency
+from api.demo import demo_labelled
 from api.gateway import Gateway
 from api.input_limits import check_text
 from api.lean_versions import LeanVersions
@@ -214,7 +215,11 @@ class ServingProve:
 
     def get(self, caller: Caller, job_id: str) -> dict[str, Any]:
         self.check_visible(caller, job_id)
-        return self.gw.store.get(job_id)
+        return self._job(job_id)
+
+    def _job(self, job_id: str) -> dict[str, Any]:
+        """The job object as clients get it: a demo's says so (`"demo": true`, api/demo.py)."""
+        return demo_labelled(self.gw.store.get(job_id), self.settings.api.demo)
 
     def statuses(self, job_ids: list[str]) -> list[str]:
         """Each job's status in one round trip (`expired` for a record that is gone)."""
@@ -232,7 +237,7 @@ class ServingProve:
         if self.gw.store.cancel(job_id):
             spec = self.gw.store.spec(job_id)
             self.gw.dispatch.drop_pending(job_id, spec.attempts, spec.rounds)
-        return self.gw.store.get(job_id)
+        return self._job(job_id)
 
     # --- following a job's events (async: on the event loop) -------------------------------------------------------
     async def follow(

@@ -12,6 +12,7 @@ from __future__ import annotations
 import secrets
 from typing import Any
 
+from api.demo import demo_labelled
 from api.gateway import Gateway
 from api.input_limits import check_text
 from api.lean_versions import LeanVersions
@@ -84,4 +85,4 @@ class ServingVerify:
             raise RequestError.from_json(reply["request_error"])
         if "dependency_error" in reply:  # cut off by infrastructure after its retries: a 503, not a verdict
             raise LeanError(str(reply["dependency_error"].get("message") or "the check was cut off"))
-        return reply
+        return demo_labelled(reply, self.settings.api.demo)  # a demo's verdict says so (api/demo.py)

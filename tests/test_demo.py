@@ -25,11 +25,12 @@ import httpx
 import psutil
 import pytest
 
-from api.demo import BANNER, DEMO_MODEL, GENERATE_S, Demo, load_sample, model_script
+from api.demo import ACCEPTED, BANNER, DEMO_MODEL, GENERATE_S, SCRIPTED, Demo, load_sample, model_script
 from api.launch import LaunchError
 from services.domain import PreviousAttempt, ProofTask, RetrievedProof, Verdict
 from services.prompts.loader import load_profile
 from standins.openai_server import StandinState, parse_script
+from tests.harness import ServiceHarness
 
 ROUNDS = 4  # the shipped default (OPROVER_PROVE_ROUNDS): the demo changes no setting of the loop
 
@@ -249,12 +250,16 @@ def test_the_cli_proves_a_sample_theorem_after_a_failed_round(demo: DemoUp) -> N
     assert "x = 3 := by\n  linarith" in result.stdout
     assert "chain 0 round 1: fail" in result.stderr and "chain 0 round 2: pass" in result.stderr
     assert took > 2 * GENERATE_S  # two generations at the demo's latency, not instant answers
+    # the banner sits right above the result, so no copy of "proved" loses it
+    banner, proved = result.stderr.strip().splitlines()[-2:]
+    assert BANNER in banner and "proved after 2 generation(s)" in proved, result.stderr
 
     with demo.client() as client:
         job = client.get(f"/v1/prove/{_job_id(result.stderr)}").json()
-    assert job["status"] == "proved" and job["lean"]["lean"].endswith("-standin")
+    assert job["status"] == "proved" and job["lean"]["lean"].endswith("-standin") and job["demo"] is True
     first, second = job["attempts"]
     assert first["verdict"] == "fail" and "omega could not prove the goal" in first["feedback"]
+    assert SCRIPTED + "omega could not prove the goal" in first["feedback"]  # not worded as Lean's own error
     assert second["verdict"] == "pass" and second["model"] == DEMO_MODEL
     assert first["retrieved"], "the seeded memory gave the prompt related proofs"
 
@@ -283,6 +288,52 @@ def test_http_prove_and_its_events_show_the_failed_round_then_the_proof(demo: De
     assert job["status"] == "proved" and "mul_pos h₀.1 h₀.2" in job["proof"]
     assert "linarith failed to find a contradiction" in job["attempts"][0]["feedback"]
     assert job["lean"]["lean"].endswith("-standin")
+
+
+@pytest.mark.slow
+def test_a_verdict_of_the_demo_says_no_lean_ran(demo: DemoUp) -> None:
+    """`oprover verify` and /v1/verify of a sample's scripted proof: a pass, labelled as the stand-in's."""
+    problem = _problem("mathd_algebra_182")
+    statement = problem.formal_statement.rstrip().removesuffix("sorry").rstrip()
+    proof = next(answer["proof"] for answer in problem.answers if answer["lean"] == "pass")
+    code = statement + "\n" + "\n".join("  " + line for line in proof.splitlines()) + "\n"
+    (demo.workdir / "scripted.lean").write_text(problem.header + code, encoding="utf-8")
+    result = demo.cli("verify", "scripted.lean")
+    assert result.returncode == 0 and "verdict: pass" in result.stdout, result.stdout + result.stderr
+    assert BANNER in result.stderr and ACCEPTED in result.stdout  # the banner, and the stand-in's own message
+    with demo.client() as client:
+        response = client.post("/v1/verify", json={"code": code, "formal_statement": problem.formal_statement})
+    assert response.status_code == 200, response.text
+    verdict = response.json()
+    assert verdict["verdict"] == "pass" and verdict["demo"] is True
+    assert [m["data"] for m in verdict["messages"] if m["severity"] == "info"] == [ACCEPTED]
+
+
+@pytest.mark.slow
+def test_off_the_demo_no_result_carries_the_demo_label(harness: ServiceHarness) -> None:
+    """The label is the demo's alone: without OPROVER_API_DEMO a job object and a verdict have no `demo` field and
+    the CLI prints no banner."""
+    url = harness.start_gateway()
+    harness.start_worker("verify")
+    code = "theorem off_demo (x : ℝ) (h : 0 < x) : 0 < x ^ 2 := by\n  PASS_ME\n"
+    with harness.client() as client:
+        created = client.post("/v1/prove", json={"formal_statement": "theorem t : 1 + 1 = 2 := by sorry"})
+        assert created.status_code == 202, created.text
+        cancelled = client.delete(f"/v1/prove/{created.json()['id']}")
+        verdict = client.post("/v1/verify", json={"code": code})
+    assert verdict.status_code == 200 and verdict.json()["verdict"] == "pass", verdict.text
+    assert "demo" not in created.json() and "demo" not in cancelled.json() and "demo" not in verdict.json()
+    (harness.workdir / "off_demo.lean").write_text(code, encoding="utf-8")
+    env = {key: value for key, value in os.environ.items() if not key.startswith("OPROVER_")}
+    result = subprocess.run(
+        [sys.executable, "-m", "api.cli", "verify", str(harness.workdir / "off_demo.lean"), "--url", url],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
+    assert result.returncode == 0 and "verdict: pass" in result.stdout, result.stdout + result.stderr
+    assert BANNER not in result.stderr and "demo" not in result.stdout.lower()
 
 
 @pytest.mark.slow

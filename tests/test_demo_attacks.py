@@ -20,12 +20,6 @@ def demo(tmp_path_factory: pytest.TempPathFactory) -> Iterator[DemoUp]:
         service.close()
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="demo hole: `oprover prove` against the demo prints the proof and 'job ...: proved after N generation(s)' "
-    "with no demo label, and the job JSON says status 'proved', feedback 'Lean accepted the proof.' with no demo "
-    "field: nothing in the result says it is a stand-in's (reported to demo in MESSAGES.md)",
-)
 def test_a_proof_the_demo_reports_is_labelled_as_a_demo_result(demo: DemoUp) -> None:
     done = demo.cli("prove", "data/demo/sample/mathd_algebra_455.lean")
     assert done.returncode == 0, done.stderr[-2000:]
