@@ -443,13 +443,9 @@ def _sysv_shm_of(uid: int | None) -> list[int]:
     ]
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="sandbox hole: the sandbox shares the worker's IPC namespace: a System V shared memory segment a REPL "
-    "creates (shmget) belongs to no file and no process, so neither the reaper's kill nor its cleanup of "
-    "/tmp, /var/tmp, /dev/shm ends it; one check can pin RAM until reboot (reported to sandbox)",
-)
 def test_shared_memory_a_repl_created_does_not_outlive_it() -> None:
+    """A System V shared memory segment (shmget) belongs to no file and no process: it goes only with the IPC
+    namespace it was made in, so the sandbox's own one must end with the REPL."""
     process = ReplProcess(attacker_cmd(), cwd=None, sandbox=SHIPPED, max_output_bytes=1 << 24)
     uid = process.uid
     try:
