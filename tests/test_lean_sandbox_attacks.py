@@ -330,7 +330,7 @@ def test_a_launchers_private_dir_is_not_named_on_its_public_command_line() -> No
     process = ReplProcess(attacker_cmd(), cwd=None, sandbox=SHIPPED, max_output_bytes=1 << 24)
     try:
         assert process.request("import Mathlib", None, deadline=_deadline()).env is not None
-        public = " ".join(map(str, process.proc.args))  # what /proc/<launcher pid>/cmdline shows every uid
+        public = str(process.proc.args)  # the argv the launcher ran with: /proc/<pid>/cmdline, which every uid reads
         parent = process.tmpdir.parent
         creatable = parent.stat().st_mode & 0o002  # a dir anyone may create names in (/tmp)
         assert not (str(process.tmpdir) in public and creatable), (
