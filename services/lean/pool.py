@@ -75,6 +75,29 @@ class Repl:
         return reply.env
 
 
+# Files the worker may hold secrets in: the settings' env file, relative to where the worker starts.
+SECRET_FILES = (".env",)
+
+
+def warn_about_files_others_can_read(paths: tuple[str, ...] = SECRET_FILES) -> list[str]:
+    """A REPL's uid is not the worker's, so what keeps the worker's secret files from submitted code is their mode:
+    a `.env` left at the default 0644 is readable by every REPL. Say so at start (not refused: the file may hold no
+    secret), with the fix; the warned paths are returned."""
+    readable = []
+    for name in paths:
+        with contextlib.suppress(OSError):
+            mode = os.stat(name).st_mode
+            if mode & 0o044:
+                readable.append(os.path.abspath(name))
+                logger.warning(
+                    "%s is readable by other users, so by submitted code running in the REPLs: "
+                    "`chmod 600 %s` if it holds a secret (docs/lean.md, Sandbox)",
+                    os.path.abspath(name),
+                    name,
+                )
+    return readable
+
+
 class ReplPool:
     def __init__(self, settings: LeanSettings) -> None:
         if not settings.cmd:
@@ -90,6 +113,8 @@ class ReplPool:
             raise LeanError(str(exc), transient=False) from exc
         if settings.sandbox:
             protect_worker()
+            if own_uids:
+                warn_about_files_others_can_read()
             if not own_uids:
                 logger.warning(
                     "REPLs run under the worker's uid %s (OPROVER_LEAN_SANDBOX_SHARED_UID=true): submitted code can "
