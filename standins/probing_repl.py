@@ -11,7 +11,9 @@ every reply, as code submitted to a real REPL could. The probe tries to:
   any file under the worker's cwd it can list;
 * list, read and write into every other sandbox's private dir (``/tmp/oprover-sandbox-*``), the worker's replay
   dirs (``/tmp/oprover-replay-*``) and uid lock dirs, and every path a command names after ``PROBE_PATH`` (another
-  REPL's handoff file): overwrite it, replace it by a new file.
+  REPL's handoff file): overwrite it, replace it by a new file. The sweep of the shared dirs writes only where
+  the kernel decides (never as root, never its own uid's files or a directory opened to all): unsandboxed, it
+  would vandalise every live check on the machine; a ``PROBE_PATH`` is always written.
 
 Its report is one warning message per reply (a warning, so the checker's verdicts are what the table says)::
 
@@ -96,6 +98,24 @@ class Probe:
         except OSError as exc:
             self.denied["replace " + path] = f"{type(exc).__name__}: {exc.strerror}"
 
+    def _sweep_may_write(self, path: str) -> bool:
+        """Whether the sweep of the machine's shared dirs tries to write `path`: only where the kernel decides, i.e.
+        not as root (it may write anything: nothing to learn), not into its own uid's files (allowed by design), not
+        into a directory its owner opened to every uid (another test's or REPL's choice, not a hole).
+        An unsandboxed probe (a test's control, run as root) would otherwise rewrite the live handoff files and
+        replay dirs of every other worker and test on the machine, turning their genuine passes into errors.
+        Paths a command names (``PROBE_PATH``) are always tried: that is the control's point."""
+        me = os.geteuid()
+        try:
+            info = os.lstat(path)
+        except OSError:
+            return False
+        opened = os.path.isdir(path) and info.st_mode & 0o002  # its owner let every uid write there
+        if me == 0 or info.st_uid == me or opened:
+            self.denied["write " + path] = "skipped: the probe could write it without any isolation to test"
+            return False
+        return True
+
     def run(self, cmd: str) -> dict[str, Any]:
         own = os.environ.get("TMPDIR", "")
         pids = sorted((int(p) for p in os.listdir("/proc") if p.isdigit()), key=lambda p: p != os.getppid())
@@ -120,8 +140,10 @@ class Probe:
                     continue
                 for path in self._list(directory):
                     self._read(path)
-                    self._write(path)
-                self._write(os.path.join(directory, "candidate.olean"))
+                    if self._sweep_may_write(path):
+                        self._write(path)
+                if self._sweep_may_write(directory):
+                    self._write(os.path.join(directory, "candidate.olean"))
         for path in _PROBE_PATH.findall(cmd):
             self._read(path)
             self._write(path)

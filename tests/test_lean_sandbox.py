@@ -25,7 +25,7 @@ from services.domain import Verdict
 from services.errors import LeanError
 from services.lean.pool import ReplPool
 from services.lean.process import PickleError, ReplProcess, SandboxConfig, child_environment
-from services.lean.sandbox import can_switch_uids
+from services.lean.sandbox import HandoffFailed, can_switch_uids
 from standins.fake_repl import lean_cmd, write_table
 from standins.probing_repl import MARK, probing_cmd
 from tests.harness import ROOT
@@ -275,3 +275,57 @@ def test_a_uid_range_past_the_last_uid_is_refused_at_start(tmp_path) -> None:
     table = write_table(tmp_path / "t.json", RULES)
     with pytest.raises(LeanError, match="not usable"):
         ReplPool(lean_settings(table, sandbox_uid_base=2**32 - 5, sandbox_uid_count=10))
+
+
+# -- what an unsandboxed REPL on the same machine may do to live checks -----------------------------------------
+def test_an_unsandboxed_probe_beside_a_check_leaves_its_genuine_pass_alone(tmp_path) -> None:
+    """What turned 41 genuine passes of a load test into `error` ("File exists: /tmp/oprover-replay-…/candidate.olean",
+    "the environment file belongs to uid 0"): the control's probing REPL above, unsandboxed and so running as root
+    beside it, wrote `candidate.olean` into every live replay dir and replaced every file in every live private dir
+    on the machine. Here it runs, sent a command every 50 ms, while the real checker (shipped sandbox, stand-in REPL
+    at a second per check) checks a proof that passes: the pass must stand, and nothing of the check be touched."""
+    vandal = ReplProcess(probing_cmd(TABLE), cwd=None, sandbox=SandboxConfig(enabled=False), max_output_bytes=1 << 24)
+    done = threading.Event()
+    swept: list[dict[str, Any]] = []
+
+    def sweep() -> None:
+        while not done.is_set():
+            swept.append(_report(vandal.request("import Mathlib", None, deadline=_deadline())))
+            time.sleep(0.05)
+
+    thread = threading.Thread(target=sweep, daemon=True)
+    try:
+        with stand_in_checker(tmp_path, RULES, table={"check_s": 1.0}) as checker:
+            checker.start()
+            thread.start()
+            result = checker.check(
+                "theorem target_thm (x : ℝ) (h : 0 < x) : 0 < x ^ 2 := by\n  PASS_ME\n", formal_statement=STATEMENT
+            )
+    finally:
+        done.set()
+        thread.join(timeout=30)
+        vandal.kill()
+    assert result.verdict is Verdict.PASS, result.detail
+    assert swept, "the probe never ran beside the check"
+    looked = [path for report in swept for path in report["read"] if path.startswith("/tmp/oprover-replay-")]
+    assert looked, "the probe never saw the check's replay dir (nothing was tested)"
+    written = [path for report in swept for path in report["wrote"] if "/tmp/oprover-" in path]
+    assert written == [], f"the unsandboxed probe wrote into other checks' files: {written[:5]}"
+
+
+def test_a_file_left_at_the_handoffs_destination_is_no_verdict_and_is_not_removed(tmp_path) -> None:
+    """The worker's side of a handoff failing (here: its destination exists, as a vandal's file did) says nothing
+    about the proof: `HandoffFailed` (the checker retries the step), not `PickleError` (a refused file, the proof's
+    doing); and the file found there is not the worker's to delete."""
+    process = ReplProcess(probing_cmd(TABLE), cwd=None, sandbox=SHIPPED, max_output_bytes=1 << 24)
+    planted = tmp_path / "candidate.olean"
+    planted.write_bytes(b"left here by someone else")
+    try:
+        env = process.request("import Mathlib", None, deadline=_deadline()).env
+        assert env is not None and process.pickle(env, process.tmpdir / "c.olean", deadline=_deadline()).env == env
+        with pytest.raises(HandoffFailed, match="cannot be created") as caught:
+            process.take_file("c.olean", planted, 1 << 20, stop=True)
+        assert not isinstance(caught.value, PickleError)
+        assert planted.read_bytes() == b"left here by someone else"
+    finally:
+        process.kill()

@@ -53,6 +53,7 @@ from services.lean.pool import HeaderError, Lease, ReplPool
 from services.lean.process import ReplFailure
 from services.lean.protocol import LeanMessage, ReplReply, Sorry
 from services.lean.replay import PickleError, new_workdir, run_replay
+from services.lean.sandbox import HandoffFailed
 from services.lean.setup import mathlib_revision
 from services.leantext import parse_statement
 from services.settings import LeanSettings
@@ -266,6 +267,10 @@ class LeanChecker:
         except ReplFailure as failure:
             lease.broken = f"{failure.kind}: {failure.detail}"
             return _failure_outcome(failure, limit)
+        except HandoffFailed as exc:
+            # Our plumbing failed, not the proof: no verdict, the step is retried (a transient LeanError).
+            lease.broken = f"environment file handoff failed: {exc}"
+            raise LeanError(f"the REPL's environment file could not be taken: {exc}", transient=True) from exc
         except PickleError as exc:
             lease.broken = f"environment file refused: {exc}"
             detail = f"the REPL's environment file was refused: {exc}"

@@ -39,7 +39,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO
 
-from services.lean.sandbox_launch import EXIT_LEFTOVER, EXIT_REFUSED, HandoffRefused, copy_capped, open_handoff
+from services.lean.sandbox_launch import (
+    EXIT_LEFTOVER,
+    EXIT_REFUSED,
+    EXIT_SANDBOX,
+    HandoffRefused,
+    copy_capped,
+    open_handoff,
+)
 from services.settings import LeanSettings
 
 logger = logging.getLogger(__name__)
@@ -69,6 +76,12 @@ class SandboxUnavailable(Exception):
 class PickleError(Exception):
     """The environment file a REPL wrote cannot be handed to the replay (missing, not a regular file, another
     owner, too big)."""
+
+
+class HandoffFailed(Exception):
+    """The worker's side of a handoff failed (the launcher could not run or timed out, the copy's destination could
+    not be created): nothing is known about the REPL's file, so this is no verdict on the proof; a retry may
+    succeed."""
 
 
 @dataclass(frozen=True)
@@ -299,7 +312,12 @@ class Sandbox:
             except HandoffRefused as exc:
                 raise PickleError(str(exc)) from exc
             try:
-                with open(destination, "xb") as out:
+                out = open(destination, "xb")  # noqa: SIM115 - closed below; never a file someone else left there
+            except OSError as exc:
+                os.close(fd)
+                raise HandoffFailed(f"the copy of the environment file cannot be created: {exc}") from exc
+            try:
+                with out:
                     copy_capped(fd, out.fileno(), max_bytes)
             except HandoffRefused as exc:
                 destination.unlink(missing_ok=True)
@@ -312,15 +330,23 @@ class Sandbox:
         if process is not None:
             args.append("--reap")
         try:
-            with open(destination, "xb") as out:
+            out = open(destination, "xb")  # noqa: SIM115 - closed below; never a file someone else left there
+        except OSError as exc:
+            raise HandoffFailed(f"the copy of the environment file cannot be created: {exc}") from exc
+        try:
+            with out:
                 result = self._helper(*args, stdout=out)
         except (OSError, subprocess.SubprocessError) as exc:  # e.g. the helper timed out on a loaded machine
             destination.unlink(missing_ok=True)
-            raise PickleError(f"the handoff failed: {exc}") from exc
+            raise HandoffFailed(f"the handoff failed: {exc}") from exc
         if process is not None:
             self.reaped = result.returncode in (0, EXIT_REFUSED)
             with contextlib.suppress(subprocess.TimeoutExpired):
                 process.wait(timeout=10)
+        if result.returncode == EXIT_SANDBOX:  # the launcher could not become the uid: it never saw the file
+            destination.unlink(missing_ok=True)
+            why = result.stderr.decode("utf-8", "replace").strip().splitlines()
+            raise HandoffFailed(why[-1] if why else "the handoff launcher failed")
         if result.returncode not in (0, EXIT_LEFTOVER) or destination.stat().st_size > max_bytes:
             destination.unlink(missing_ok=True)
             why = result.stderr.decode("utf-8", "replace").strip().splitlines()

@@ -6,7 +6,9 @@ are forked and nothing here needs the project importable). To start a REPL or th
 
 1. files the worker hands to the command (``--copy-in``, the replay's request and environment files) are opened
    while this process still has the worker's uid: they stay in a directory only the worker can read;
-2. a network namespace when we hold CAP_SYS_ADMIN (``unshare(CLONE_NEWNET)``, the root-with-all-capabilities case);
+2. a network namespace (``--net isolate``) and an IPC namespace when we hold CAP_SYS_ADMIN
+   (``unshare(CLONE_NEWNET | CLONE_NEWIPC)``, the root-with-all-capabilities case): System V shared memory, message
+   queues and semaphores the command creates then end with its last process, instead of outliving the sandbox;
 3. resource limits: RLIMIT_AS (address space), RLIMIT_CPU, no core files;
 4. ``--uid``/``--gid``: drop to that uid and gid (the worker holds CAP_SETUID/CAP_SETGID), no supplementary
    groups; then every process already running under that uid is killed (the pool leases the uid to this process
@@ -15,8 +17,9 @@ are forked and nothing here needs the project importable). To start a REPL or th
    on the command line, which every process may read) is created here, mode 0700, owned by the uid the command runs
    as; the ``--copy-in`` files are
    copied into it, read-only;
-6. without a network namespace yet: ``unshare(CLONE_NEWUSER | CLONE_NEWNET)`` as that unprivileged uid. If no
-   network namespace can be made and ``--net isolate`` was asked, exit 126 with a message (fails closed);
+6. without those namespaces yet: ``unshare(CLONE_NEWUSER | CLONE_NEWIPC [| CLONE_NEWNET])`` as that unprivileged
+   uid. If they cannot be made and ``--net isolate`` was asked, exit 126 with a message (fails closed); with
+   ``--net keep`` (no namespace allowed at all) the command starts in the worker's IPC namespace;
 7. ``PR_SET_NO_NEW_PRIVS``: nothing the command runs can gain privileges through a setuid binary, so every
    process it leaves behind keeps its uid and is found by the reaping below;
 8. ``exec`` the command (it keeps the pid, so the pool's process group and RSS accounting see the REPL itself).
@@ -42,6 +45,7 @@ import stat
 import sys
 import time
 
+CLONE_NEWIPC = 0x08000000
 CLONE_NEWNET = 0x40000000
 CLONE_NEWUSER = 0x10000000
 PR_SET_DUMPABLE = 4
@@ -337,7 +341,11 @@ def main(argv: list[str] | None = None) -> int:
     except OSError as exc:
         sys.stderr.write(f"{MARK} cannot open a file to hand over: {exc}\n")
         return EXIT_SANDBOX
-    isolated = args.net == "isolate" and _unshare(CLONE_NEWNET) == 0
+    # Namespaces while we may (CAP_SYS_ADMIN: the root-with-all-capabilities case); else step 6 makes them in a user
+    # namespace. The IPC namespace always: System V segments, queues and semaphores belong to no file and no
+    # process, so only the end of their namespace (with its last process, i.e. the reaper's kill) removes them.
+    wanted = CLONE_NEWIPC | (CLONE_NEWNET if args.net == "isolate" else 0)
+    namespaced = _unshare(wanted) == 0
     resource.setrlimit(resource.RLIMIT_CORE, (0, 0))
     if args.as_mb > 0:
         limit = args.as_mb * 1024 * 1024
@@ -380,23 +388,26 @@ def main(argv: list[str] | None = None) -> int:
             return EXIT_SANDBOX
     for _, fd in handed:
         os.close(fd)
-    if args.net == "isolate" and not isolated:
+    if not namespaced:
         uid, gid = os.geteuid(), os.getegid()
-        errno_user = _unshare(CLONE_NEWUSER | CLONE_NEWNET)
-        if errno_user != 0:
+        errno_user = _unshare(CLONE_NEWUSER | wanted)
+        if errno_user != 0 and args.net == "isolate":
             sys.stderr.write(
-                f"{MARK} cannot create a network namespace (unshare: no CAP_SYS_ADMIN; with a user namespace: "
-                f"{os.strerror(errno_user)}); refusing to start without network isolation\n"
+                f"{MARK} cannot create a network and IPC namespace (unshare: no CAP_SYS_ADMIN; with a user "
+                f"namespace: {os.strerror(errno_user)}); refusing to start without them\n"
             )
             return EXIT_SANDBOX
-        try:
-            # The uid switch made this process non-dumpable, which makes its /proc files root's; the command will
-            # be dumpable after `exec` anyway, and no other process of this uid is left to trace it meanwhile.
-            _prctl(PR_SET_DUMPABLE, 1)
-            map_own_ids(uid, gid)
-        except OSError as exc:
-            sys.stderr.write(f"{MARK} cannot map the uid into the user namespace: {exc}\n")
-            return EXIT_SANDBOX
+        # (`--net keep` is the operator's fallback where no namespace may be made, docs/lean.md "Sandbox": the
+        # command then also shares the IPC namespace.)
+        if errno_user == 0:
+            try:
+                # The uid switch made this process non-dumpable, which makes its /proc files root's; the command
+                # will be dumpable after `exec` anyway, and no other process of this uid is left to trace it.
+                _prctl(PR_SET_DUMPABLE, 1)
+                map_own_ids(uid, gid)
+            except OSError as exc:
+                sys.stderr.write(f"{MARK} cannot map the uid into the user namespace: {exc}\n")
+                return EXIT_SANDBOX
     try:
         _prctl(PR_SET_NO_NEW_PRIVS, 1)
     except OSError as exc:
