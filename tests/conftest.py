@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
 import time
@@ -22,6 +23,13 @@ import pytest
 import redis
 
 from tests.harness import ServiceHarness, free_port
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """A pytest started in the background by a shell without job control ignores SIGINT, and every process a test
+    starts would inherit that: the `oprover` commands the tests stop with Ctrl-C would never see it."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
