@@ -93,8 +93,10 @@ class LeanSettings(BaseModel):
         50000, ge=1, description="First uid (and gid) of the range each REPL and replay gets one of its own from."
     )
     sandbox_uid_count: int = Field(
-        1000, ge=1, description="Uids in that range (at least the REPLs and replays alive at once, across workers); "
-        "the next as many are their reapers'."
+        1000,
+        ge=1,
+        description="Uids in that range (at least the REPLs and replays alive at once, across workers); "
+        "the next as many are their reapers'.",
     )
     sandbox_shared_uid: bool = Field(
         False,
