@@ -21,7 +21,8 @@ import pytest
 
 from services.domain import Verdict
 from services.lean.protocol import decode_reply, encode_pickle, split_replies
-from services.lean.replay import PickleError, name_parts, new_workdir, read_verdict, run_replay, take_pickle
+from services.lean.replay import name_parts, new_workdir, read_verdict, run_replay
+from services.lean.sandbox import PickleError, take_own_file
 from services.settings import LeanSettings
 from standins.fake_repl import lean_cmd, write_table
 from standins.fake_replay import replay_cmd, write_replay_table
@@ -188,24 +189,24 @@ def test_the_checker_refuses_to_start_without_a_replay_program(tmp_path) -> None
     assert not caught.value.transient and "OPROVER_LEAN_REPLAY_CMD" in str(caught.value)
 
 
-def test_take_pickle_trusts_nothing_about_the_file(tmp_path) -> None:
+def test_take_own_file_trusts_nothing_about_the_file(tmp_path) -> None:
     source, out = tmp_path / "env.olean", new_workdir()
     try:
         source.write_bytes(b"x" * 2048)
-        copy = take_pickle(source, out / "a.olean", max_bytes=4096)
+        copy = take_own_file(source, out / "a.olean", max_bytes=4096)
         assert copy.read_bytes() == b"x" * 2048 and (copy.stat().st_mode & 0o777) == 0o444
         assert (out.stat().st_mode & 0o777) == 0o700  # the worker's alone: the launcher copies the files in
         with pytest.raises(PickleError, match="larger than"):
-            take_pickle(source, out / "b.olean", max_bytes=1024)
+            take_own_file(source, out / "b.olean", max_bytes=1024)
         link = tmp_path / "link.olean"
         link.symlink_to(source)
         with pytest.raises(PickleError, match="opened safely"):
-            take_pickle(link, out / "c.olean", max_bytes=4096)
+            take_own_file(link, out / "c.olean", max_bytes=4096)
         (tmp_path / "empty.olean").write_bytes(b"")
         with pytest.raises(PickleError, match="empty"):
-            take_pickle(tmp_path / "empty.olean", out / "d.olean", max_bytes=4096)
+            take_own_file(tmp_path / "empty.olean", out / "d.olean", max_bytes=4096)
         with pytest.raises(PickleError, match="no environment file"):
-            take_pickle(tmp_path / "none.olean", out / "e.olean", max_bytes=4096)
+            take_own_file(tmp_path / "none.olean", out / "e.olean", max_bytes=4096)
     finally:
         subprocess.run(["rm", "-rf", str(out)], check=True)
 

@@ -52,8 +52,8 @@ from services.lean.policy import (
 from services.lean.pool import HeaderError, Lease, ReplPool
 from services.lean.process import ReplFailure
 from services.lean.protocol import LeanMessage, ReplReply, Sorry
-from services.lean.replay import PickleError, new_workdir, run_replay
-from services.lean.sandbox import HandoffFailed
+from services.lean.replay import new_workdir, run_replay
+from services.lean.sandbox import HandoffFailed, PickleError
 from services.lean.setup import mathlib_revision
 from services.leantext import parse_statement
 from services.settings import LeanSettings

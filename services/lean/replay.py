@@ -31,7 +31,6 @@ Verdict (the last line of stdout)::
 from __future__ import annotations
 
 import json
-import os
 import re
 import shlex
 import subprocess
@@ -40,8 +39,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from services.lean.policy import STANDARD_AXIOMS
-from services.lean.sandbox import PickleError, Sandbox, SandboxConfig, SandboxUnavailable
-from services.lean.sandbox_launch import HandoffRefused, copy_capped, open_handoff
+from services.lean.sandbox import Sandbox, SandboxConfig, SandboxUnavailable
 from services.settings import LeanSettings
 
 VERDICT_TAIL_BYTES = 64 * 1024  # the verdict is one short line; more output than this is not read
@@ -60,27 +58,6 @@ def name_parts(name: str) -> list[str]:
     """`Ns.«odd name».t` -> ["Ns", "odd name", "t"]: the components of a Lean name as the program builds it."""
     parts = re.findall(r"«([^»]*)»|([^.«»]+)", name)
     return [a or b for a, b in parts] or [name]
-
-
-def take_pickle(source: Path, destination: Path, max_bytes: int) -> Path:
-    """Copy the environment file at `source`, which must belong to this process's uid, to `destination` (in a
-    directory the worker created), trusting nothing about it: refused unless a regular file of 1..`max_bytes`
-    bytes with one link; opened without following a symlink and without blocking on a FIFO; the copy is read-only.
-    (A REPL's own files are taken with `ReplProcess.take_file`, which checks the REPL's uid.)"""
-    try:
-        fd = open_handoff(str(source.parent), source.name, os.geteuid(), max_bytes)
-    except HandoffRefused as exc:
-        raise PickleError(str(exc)) from exc
-    try:
-        with open(destination, "xb") as out:
-            copy_capped(fd, out.fileno(), max_bytes)
-    except HandoffRefused as exc:
-        destination.unlink(missing_ok=True)
-        raise PickleError(str(exc)) from exc
-    finally:
-        os.close(fd)
-    destination.chmod(0o444)
-    return destination
 
 
 def new_workdir() -> Path:

@@ -228,6 +228,31 @@ def lease_uid(cfg: SandboxConfig) -> UidLease:
 
 
 # -- one sandbox -----------------------------------------------------------------------------------------------
+def take_own_file(source: Path, destination: Path, max_bytes: int) -> Path:
+    """Copy `source`, which must belong to this process's uid (a sandbox without a uid of its own), to a new,
+    read-only `destination`, trusting nothing about it (`sandbox_launch.open_handoff`: a regular file of
+    1..`max_bytes` bytes with one link, opened without following a symlink or blocking on a FIFO)."""
+    try:
+        fd = open_handoff(str(source.parent), source.name, os.geteuid(), max_bytes)
+    except HandoffRefused as exc:
+        raise PickleError(str(exc)) from exc
+    try:
+        out = open(destination, "xb")  # noqa: SIM115 - closed below; never a file someone else left there
+    except OSError as exc:
+        os.close(fd)
+        raise HandoffFailed(f"the copy of the environment file cannot be created: {exc}") from exc
+    try:
+        with out:
+            copy_capped(fd, out.fileno(), max_bytes)
+    except HandoffRefused as exc:
+        destination.unlink(missing_ok=True)
+        raise PickleError(str(exc)) from exc
+    finally:
+        os.close(fd)
+    destination.chmod(0o444)
+    return destination
+
+
 class Sandbox:
     """One Lean process's isolation: its uid lease (None: disabled, or the shared-uid mode), its private dir
     (`TMPDIR`/`HOME`, made by the launcher as that uid), and its ending."""
@@ -307,25 +332,7 @@ class Sandbox:
         if self.lease is None:
             if process is not None:
                 self.stop(process)
-            try:
-                fd = open_handoff(str(self.private_dir), name, os.geteuid(), max_bytes)
-            except HandoffRefused as exc:
-                raise PickleError(str(exc)) from exc
-            try:
-                out = open(destination, "xb")  # noqa: SIM115 - closed below; never a file someone else left there
-            except OSError as exc:
-                os.close(fd)
-                raise HandoffFailed(f"the copy of the environment file cannot be created: {exc}") from exc
-            try:
-                with out:
-                    copy_capped(fd, out.fileno(), max_bytes)
-            except HandoffRefused as exc:
-                destination.unlink(missing_ok=True)
-                raise PickleError(str(exc)) from exc
-            finally:
-                os.close(fd)
-            destination.chmod(0o444)
-            return destination
+            return take_own_file(self.private_dir / name, destination, max_bytes)
         args = ["--take", name, "--max-bytes", str(max_bytes), "--private-dir", str(self.private_dir)]
         if process is not None:
             args.append("--reap")
