@@ -226,6 +226,28 @@ class ServiceHarness:
         return [r["body"] for r in self.generator.requests() if "messages" in r["body"]]
 
 
+def stop_up(process: subprocess.Popen) -> None:
+    """Stop an `oprover up` as Ctrl-C does (children finish what is in flight), a second Ctrl-C if that hangs,
+    SIGKILL as the last resort. Its children run in sessions of their own, so they are looked up first and killed
+    by pid if `up` could not stop them: a test must never leave a worker behind."""
+    children = []
+    with contextlib.suppress(psutil.Error):
+        children = psutil.Process(process.pid).children(recursive=True)
+    for sig, wait_s in ((signal.SIGINT, 45), (signal.SIGINT, 20)):
+        if process.poll() is not None:
+            break
+        process.send_signal(sig)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            process.wait(timeout=wait_s)
+    if process.poll() is None:
+        process.kill()
+        process.wait(timeout=10)
+    for child in children:
+        with contextlib.suppress(psutil.Error):
+            if child.is_running():
+                child.kill()
+
+
 class OproverUp:
     """`oprover up` as a user starts it: the shipped defaults, with only the parts it needs pointed at.
 
@@ -299,21 +321,5 @@ class OproverUp:
         The children run in sessions of their own, so they are looked up first and killed by pid if `up` could
         not stop them: a test must never leave a worker behind on the shared Redis.
         """
-        if self.process is None:
-            return
-        children = []
-        with contextlib.suppress(psutil.Error):
-            children = psutil.Process(self.process.pid).children(recursive=True)
-        for sig, wait_s in ((signal.SIGINT, 45), (signal.SIGINT, 20)):
-            if self.process.poll() is not None:
-                break
-            self.process.send_signal(sig)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.process.wait(timeout=wait_s)
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(timeout=10)
-        for child in children:
-            with contextlib.suppress(psutil.Error):
-                if child.is_running():
-                    child.kill()
+        if self.process is not None:
+            stop_up(self.process)

@@ -17,7 +17,6 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import httpx
-import psutil
 import pytest
 import redis
 
@@ -25,6 +24,7 @@ from standins.fake_repl import lean_cmd, write_table
 from standins.fake_replay import replay_cmd, write_replay_table
 from standins.openai_server import StandinServer
 from tests.conftest import free_port
+from tests.harness import stop_up
 
 pytestmark = pytest.mark.slow
 
@@ -85,21 +85,8 @@ class Up:
         return self.process.wait(timeout=60)
 
     def close(self) -> None:
-        """Whatever happened, leave nothing running (the children have sessions of their own)."""
-        children = []
-        with contextlib.suppress(psutil.Error):
-            children = psutil.Process(self.process.pid).children(recursive=True)
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.process.wait(timeout=45)
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(timeout=10)
-        for child in children:
-            with contextlib.suppress(psutil.Error):
-                if child.is_running():
-                    child.kill()
+        """Whatever happened, leave nothing running."""
+        stop_up(self.process)
 
 
 @pytest.fixture

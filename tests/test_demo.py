@@ -8,12 +8,10 @@ is ever proved, and that Ctrl-C leaves no process behind.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -30,31 +28,15 @@ from api.launch import LaunchError
 from services.domain import PreviousAttempt, ProofTask, RetrievedProof, Verdict
 from services.prompts.loader import load_profile
 from standins.openai_server import StandinState, parse_script
-from tests.harness import ServiceHarness
+from tests.harness import ServiceHarness, free_port, stop_up
 
 ROUNDS = 4  # the shipped default (OPROVER_PROVE_ROUNDS): the demo changes no setting of the loop
-
-
-def _three_free_ports() -> int:
-    """A port P with P+1 and P+2 free too: `up` serves the workers' /metrics beside the gateway."""
-    for _ in range(50):
-        with socket.socket() as sock:
-            sock.bind(("127.0.0.1", 0))
-            port = sock.getsockname()[1]
-        try:
-            for extra in (1, 2):
-                with socket.socket() as probe:
-                    probe.bind(("127.0.0.1", port + extra))
-        except OSError:
-            continue
-        return port
-    raise RuntimeError("no three consecutive free ports")
 
 
 class DemoUp:
     def __init__(self, workdir: Path) -> None:
         self.workdir = workdir
-        self.port = _three_free_ports()
+        self.port = free_port(3)  # `up` serves the workers' /metrics on the next two
         self.url = f"http://127.0.0.1:{self.port}"
         self.metrics_url = f"http://127.0.0.1:{self.port + 1}"
         self.log_path = workdir / "up.log"
@@ -109,20 +91,8 @@ class DemoUp:
         return float(found.group(1))
 
     def close(self) -> None:
-        """Whatever a test did, leave nothing running (the children have sessions of their own)."""
-        children: list[psutil.Process] = []
-        with contextlib.suppress(psutil.Error):
-            children = psutil.Process(self.process.pid).children(recursive=True)
-        if self.process.poll() is None:
-            self.process.send_signal(signal.SIGINT)
-            with contextlib.suppress(subprocess.TimeoutExpired):
-                self.process.wait(timeout=45)
-        if self.process.poll() is None:
-            self.process.kill()
-            self.process.wait(timeout=10)
-        for child in children:
-            with contextlib.suppress(psutil.Error):
-                child.kill()
+        """Whatever a test did, leave nothing running."""
+        stop_up(self.process)
 
 
 @pytest.fixture(scope="module")
