@@ -16,7 +16,6 @@ import subprocess
 import sys
 import threading
 import time
-from pathlib import Path
 from typing import Any
 
 import pytest
@@ -29,7 +28,7 @@ from services.lean.sandbox import HandoffFailed, can_switch_uids
 from standins.fake_repl import lean_cmd, write_table
 from standins.probing_repl import MARK, probing_cmd
 from tests.harness import ROOT
-from tests.lean_cases import STATEMENT, lean_settings, stand_in_checker
+from tests.lean_cases import STATEMENT, lean_settings, running_as, stand_in_checker
 
 
 def _netns_available() -> bool:
@@ -210,25 +209,11 @@ def test_processes_a_repl_left_outside_its_process_group_end_with_it() -> None:
     uid = process.uid
     try:
         assert process.request("import Mathlib", None, deadline=_deadline()).env is not None
-        assert _running_as(uid)  # the REPL and the escaped sleep
-        assert any(_pgid(pid) != process.pid for pid in _running_as(uid))
+        assert running_as(uid)  # the REPL and the escaped sleep
+        assert any(_pgid(pid) != process.pid for pid in running_as(uid))
     finally:
         process.kill()
-    assert _running_as(uid) == []
-
-
-def _running_as(uid: int | None) -> list[int]:
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                status = Path(f"/proc/{entry}/status").read_text()
-            except OSError:
-                continue
-            fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
-            if fields["Uid"].split()[0] == str(uid) and not fields["State"].strip().startswith("Z"):
-                found.append(int(entry))
-    return found
+    assert running_as(uid) == []
 
 
 def _pgid(pid: int) -> int:

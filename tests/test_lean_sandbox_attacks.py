@@ -28,7 +28,7 @@ from services.lean.process import ReplProcess, SandboxConfig
 from services.lean.sandbox import SandboxUnavailable, can_switch_uids, lease_uid
 from standins.fake_repl import _shared_python
 from tests.harness import ROOT
-from tests.lean_cases import STATEMENT, stand_in_checker
+from tests.lean_cases import STATEMENT, running_as, stand_in_checker
 
 
 def _netns_available() -> bool:
@@ -141,21 +141,6 @@ def attacker_cmd(table: dict | None = None) -> str:
 
 def _deadline(seconds: float = 30) -> float:
     return time.monotonic() + seconds
-
-
-def running_as(uid: int | None) -> list[int]:
-    found = []
-    for entry in os.listdir("/proc"):
-        if not entry.isdigit():
-            continue
-        try:
-            status = Path(f"/proc/{entry}/status").read_text()
-        except OSError:
-            continue
-        fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
-        if fields["Uid"].split()[0] == str(uid) and not fields["State"].strip().startswith("Z"):
-            found.append(int(entry))
-    return found
 
 
 def end_as_root(process: ReplProcess, uid: int | None) -> None:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -61,3 +62,19 @@ def exploit_cases() -> list[tuple[str, str, dict[str, Any]]]:
 def verified_proofs() -> list[dict[str, Any]]:
     path = shared_path("verified_proofs_sample.jsonl")
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line.strip()]
+
+
+def running_as(uid: int | None) -> list[int]:
+    """Pids of the live (not zombie) processes whose real uid is `uid`: what a sandbox uid left running."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if not entry.isdigit():
+            continue
+        try:
+            status = Path(f"/proc/{entry}/status").read_text()
+        except OSError:
+            continue
+        fields = dict(line.split(":", 1) for line in status.splitlines() if ":" in line)
+        if fields["Uid"].split()[0] == str(uid) and not fields["State"].strip().startswith("Z"):
+            found.append(int(entry))
+    return found
